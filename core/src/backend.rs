@@ -1,0 +1,278 @@
+//! The traits a backend implements: [`Lock`], [`Lease`] and [`Notify`].
+//!
+//! A backend is the only place that talks to the database. It carries out
+//! the state machine's commands and nothing more: it never decides who
+//! leads, never retries on its own, and never hides lock loss.
+//!
+//! # The session
+//!
+//! Locks are bound to a *session* — one dedicated database connection per
+//! node, shared by all of that node's roles. When the session dies the locks
+//! are gone. A backend must report that as [`BackendError::SessionLost`]
+//! (from whichever call notices it, and from [`Lock::session_closed`] if it
+//! can see the connection close), never as a transient error. The next call
+//! that needs a session opens a new one.
+//!
+//! # Errors
+//!
+//! Ordinary outcomes are values, not errors: losing the race for a lock is
+//! `granted: false`, a renewal refused because someone else took over is a
+//! role missing from [`RenewOutcome::renewed`]. `Err` means the call could
+//! not be carried out; [`BackendError::is_retryable`] says whether trying
+//! again later may help.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use thiserror::Error;
+
+use crate::types::{DbTimestamp, LeaseRecord, Namespace, NodeId, Role, Term};
+
+/// A backend call that could not be carried out.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BackendError {
+    /// The session (and with it every lock it held) is gone: the connection
+    /// closed, the server restarted, an operator terminated the backend, or
+    /// a statement on the session failed. The engine steps down from every
+    /// role held on it; the next call opens a new session.
+    #[error("database session lost ({reason}); all locks held on it are gone")]
+    SessionLost {
+        /// What happened, for logs.
+        reason: String,
+    },
+    /// The call failed but the session may be intact (a timeout, a
+    /// connection error on a pooled connection). Retry later.
+    #[error("transient backend error: {0}")]
+    Transient(String),
+    /// The call took longer than its per-attempt timeout and was abandoned.
+    #[error("backend call timed out after {0:?}")]
+    Timeout(Duration),
+    /// The backend is set up in a way that can never work (a transaction
+    /// pooler in front of the database, a missing table, no permission).
+    /// The message says what to fix. Retrying will not help.
+    #[error("{0}")]
+    Misconfigured(String),
+}
+
+impl BackendError {
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, BackendError::Misconfigured(_))
+    }
+
+    /// Whether the session's locks are gone.
+    pub fn is_session_lost(&self) -> bool {
+        matches!(self, BackendError::SessionLost { .. })
+    }
+}
+
+/// The result of one role in a [`Lock::try_lock`] batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockAttempt {
+    /// The role tried.
+    pub role: Role,
+    /// Whether this session now holds the role's lock.
+    pub granted: bool,
+    /// The role's lease row as read in the same call, if there is one.
+    pub lease: Option<LeaseRecord>,
+}
+
+/// The result of a whole [`Lock::try_lock`] batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TryLockOutcome {
+    /// The database clock when the call ran.
+    pub db_now: DbTimestamp,
+    /// One entry per requested role, in any order.
+    pub attempts: Vec<LockAttempt>,
+}
+
+/// What [`Lock::preempt`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreemptOutcome {
+    /// The holder's session was terminated; its lock is free (or about to be).
+    Terminated,
+    /// The holder was no longer the zombie described (it renewed, released,
+    /// or its session already ended): nothing was done.
+    NotZombie,
+    /// The database refused: the role lacks the privilege (PostgreSQL:
+    /// `pg_signal_backend`).
+    NotPermitted,
+}
+
+/// The result of [`Lease::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimOutcome {
+    /// The new term (the previous term + 1, or 1 for a new row).
+    pub term: Term,
+    /// The row as it was before the claim, if there was one. Its
+    /// `lease_until` is what a `WaitForLease` holder must wait out.
+    pub previous: Option<LeaseRecord>,
+    /// The database clock when the claim ran.
+    pub db_now: DbTimestamp,
+}
+
+/// The result of [`Lease::renew`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewOutcome {
+    /// The database clock when the renewal ran.
+    pub db_now: DbTimestamp,
+    /// The roles whose rows still named this node and term and were
+    /// extended. A requested role missing here has been taken over.
+    pub renewed: Vec<Role>,
+}
+
+/// A role this node wants renewed, with the term it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldLease {
+    /// The role.
+    pub role: Role,
+    /// The term this node claimed.
+    pub term: Term,
+}
+
+/// Mutual exclusion bound to the node's session.
+///
+/// Contract, checked by the conformance suite:
+/// - `try_lock` never blocks waiting for a lock, and never takes a lock the
+///   session already holds (locks may be re-entrant in the database; one
+///   unlock would then leave it held).
+/// - A lock is held until `unlock` or until the session ends, nothing else.
+/// - Any failure of a statement on the session is reported as
+///   [`BackendError::SessionLost`] after the backend has closed the session,
+///   so no lock can outlive the error unnoticed or leak into a pool.
+#[async_trait]
+pub trait Lock: Send + Sync {
+    /// Opens (or checks) the session. Called once when an elector starts, so
+    /// a database that is down or a transaction pooler in front of it is an
+    /// error at start, not a silent failure later.
+    async fn connect(&self) -> Result<(), BackendError>;
+
+    /// Tries, without waiting, to take the lock of each role, and reads each
+    /// role's lease row in the same round trip.
+    async fn try_lock(
+        &self,
+        namespace: &Namespace,
+        roles: &[Role],
+    ) -> Result<TryLockOutcome, BackendError>;
+
+    /// Gives up the lock of `role` if this session holds it. Unlocking a
+    /// role that is not held is not an error.
+    async fn unlock(&self, namespace: &Namespace, role: &Role) -> Result<(), BackendError>;
+
+    /// Which of `roles` this session still holds, checked against the
+    /// database in one call (lock validation).
+    async fn held(&self, namespace: &Namespace, roles: &[Role]) -> Result<Vec<Role>, BackendError>;
+
+    /// A cheap round trip on the session, so a dead connection shows up.
+    async fn ping(&self) -> Result<(), BackendError>;
+
+    /// Terminates the session that holds `lease.role`'s lock, but only if
+    /// `lease` still describes that holder and its lease ended more than
+    /// `grace` ago in database time.
+    async fn preempt(
+        &self,
+        lease: &LeaseRecord,
+        grace: Duration,
+    ) -> Result<PreemptOutcome, BackendError>;
+
+    /// Closes the session, if one is open, so that every lock on it is gone
+    /// for certain; the next call opens a new one. The machine asks for this
+    /// when it can no longer tell which locks the session holds.
+    async fn reset(&self);
+
+    /// Completes when the backend sees the session close by itself (for
+    /// example, the connection future of tokio-postgres ends). Backends that
+    /// cannot see this keep the default, which never completes; lock loss is
+    /// then found by the next validation. A backend must not complete this
+    /// for a session that closed before it was called.
+    async fn session_closed(&self) {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The lease table: who holds each role, for which term, until when.
+///
+/// Contract: every time is the database's clock; `claim`, `renew` and
+/// `expire` run on the lock session; `renew` and `expire` change a row only
+/// if holder and term still match.
+#[async_trait]
+pub trait Lease: Send + Sync {
+    /// Reads the rows of `roles` (missing rows are left out) and the
+    /// database clock.
+    async fn read(
+        &self,
+        namespace: &Namespace,
+        roles: &[Role],
+    ) -> Result<(DbTimestamp, Vec<LeaseRecord>), BackendError>;
+
+    /// Makes `holder` the holder of `role` with term + 1 and a lease of
+    /// `lease` from the database's now. The caller holds the role's lock.
+    async fn claim(
+        &self,
+        namespace: &Namespace,
+        role: &Role,
+        holder: &NodeId,
+        lease: Duration,
+    ) -> Result<ClaimOutcome, BackendError>;
+
+    /// Extends, in one statement, the lease of every role in `held` whose
+    /// row still names `holder` and the given term.
+    async fn renew(
+        &self,
+        namespace: &Namespace,
+        holder: &NodeId,
+        held: &[HeldLease],
+        lease: Duration,
+    ) -> Result<RenewOutcome, BackendError>;
+
+    /// Ends the lease of `role` now, if the row still names `holder` and
+    /// `term`. Expiring a lease this node no longer holds is not an error.
+    async fn expire(
+        &self,
+        namespace: &Namespace,
+        role: &Role,
+        holder: &NodeId,
+        term: Term,
+    ) -> Result<(), BackendError>;
+
+    /// Every row, of one namespace or of all, for status displays.
+    async fn list(&self, namespace: Option<&Namespace>) -> Result<Vec<LeaseRecord>, BackendError>;
+}
+
+/// A message on a namespace's release channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifyEvent {
+    /// The named role's holder released it; its lock is free.
+    Released(Role),
+    /// The subscription reconnected or overflowed: messages may have been
+    /// missed, so the engine should poll every role it waits for.
+    MaybeMissed,
+}
+
+/// A live subscription to a namespace's release channel.
+#[async_trait]
+pub trait Subscription: Send {
+    /// The next event. Reconnecting after a dropped connection is the
+    /// subscription's job, and it must then yield [`NotifyEvent::MaybeMissed`].
+    /// `Err` means the subscription cannot continue; the engine subscribes
+    /// again after its retry interval.
+    async fn recv(&mut self) -> Result<NotifyEvent, BackendError>;
+}
+
+/// Release notifications.
+#[async_trait]
+pub trait Notify: Send + Sync {
+    /// Tells every subscriber of `namespace` that `role` is free. Called only
+    /// after the lock has been released.
+    async fn publish_release(&self, namespace: &Namespace, role: &Role)
+    -> Result<(), BackendError>;
+
+    /// Subscribes to `namespace`'s release channel.
+    async fn subscribe(&self, namespace: &Namespace)
+    -> Result<Box<dyn Subscription>, BackendError>;
+}
+
+/// Everything the driver needs from a backend.
+pub trait Backend: Lock + Lease + Notify + 'static {}
+
+impl<T: Lock + Lease + Notify + 'static> Backend for T {}

@@ -1,0 +1,325 @@
+//! The tokio driver: runs a [`Machine`](crate::Machine) over a backend.
+//!
+//! It owns no policy: every decision is the machine's. The driver only
+//! turns [`Command`](crate::Command)s into backend calls (each with its own
+//! timeout), feeds results, notifications and time back in, and publishes
+//! leadership to [`LeaderHandle`]s.
+//!
+//! ```no_run
+//! # async fn demo(backend: impl regent_core::Backend) -> Result<(), regent_core::ElectorError> {
+//! use regent_core::{Elector, Role};
+//!
+//! let handle = Elector::builder(backend).spawn(Role::new("scheduler")?).await?;
+//! handle
+//!     .run_while_leader(|cancel, token| async move {
+//!         // Leader-only work: stop when `cancel` fires; pass `token` to
+//!         // downstream systems so they can reject a deposed leader.
+//!         cancel.cancelled().await;
+//!         let _ = token;
+//!     })
+//!     .await?;
+//! handle.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod exec;
+mod handle;
+mod node;
+mod observe;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::backend::{Backend, BackendError};
+use crate::config::{Config, ConfigError};
+use crate::types::{NameError, Namespace, NodeId, Role};
+
+pub use handle::{LeaderHandle, Leadership};
+pub use observe::{ObservedLease, Observer};
+
+use handle::RoleShared;
+use node::{Ctrl, NodeTask};
+
+/// Why an elector or a handle could not do what was asked.
+#[derive(Debug, Error)]
+pub enum ElectorError {
+    /// The configuration breaks a rule.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A role, namespace or node name is invalid.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// The backend could not start (database down, transaction pooler,
+    /// missing table); the message says what to fix.
+    #[error("backend failed to start: {0}")]
+    Backend(#[from] BackendError),
+    /// The elector (or this role) has been shut down.
+    #[error("the elector has been shut down; build a new one to campaign again")]
+    Stopped,
+    /// This elector already campaigns for the role.
+    #[error("this elector already campaigns for role {0:?}; use the handle it returned")]
+    AlreadyCampaigning(Role),
+}
+
+/// Builds an [`Elector`]. Start with [`Elector::builder`].
+pub struct ElectorBuilder {
+    backend: Arc<dyn Backend>,
+    config: Config,
+    namespace: Namespace,
+    node_id: Option<NodeId>,
+    seed: Option<u64>,
+}
+
+impl std::fmt::Debug for ElectorBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ElectorBuilder")
+            .field("config", &self.config)
+            .field("namespace", &self.namespace)
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ElectorBuilder {
+    /// Timing and policy; [`Config::default`] if not set. The config is
+    /// checked again when the elector is built.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The namespace of every role of this elector; `"default"` if not set.
+    pub fn namespace(mut self, namespace: Namespace) -> Self {
+        self.namespace = namespace;
+        self
+    }
+
+    /// This node's id; if not set, the host name (from `HOSTNAME`) plus a
+    /// random suffix.
+    pub fn node_id(mut self, node_id: NodeId) -> Self {
+        self.node_id = Some(node_id);
+        self
+    }
+
+    /// Seeds the retry jitter (for reproducible tests); random if not set.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Checks the config, connects the backend's session (so a database
+    /// that is down or a transaction pooler is an error here) and starts the
+    /// node task. Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`ElectorError::Config`] or [`ElectorError::Backend`].
+    pub async fn build(self) -> Result<Elector, ElectorError> {
+        self.config.validate()?;
+        self.backend.connect().await?;
+        let seed = self.seed.unwrap_or_else(random_seed);
+        let node_id = match self.node_id {
+            Some(id) => id,
+            None => {
+                let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "node".to_owned());
+                NodeId::generate(&host, seed.rotate_left(17))
+            }
+        };
+        let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::default());
+        let (done_tx, done_rx) = watch::channel(false);
+        let task = NodeTask::new(
+            self.backend.clone(),
+            node_id.clone(),
+            self.namespace.clone(),
+            self.config.clone(),
+            seed,
+            shared.clone(),
+            ctrl_rx,
+            ctrl_tx.downgrade(),
+            done_tx,
+        );
+        tokio::spawn(task.run());
+        Ok(Elector {
+            inner: Arc::new(Inner {
+                backend: self.backend,
+                node_id,
+                namespace: self.namespace,
+                config: self.config,
+                ctrl: ctrl_tx,
+                shared,
+                done: done_rx,
+            }),
+        })
+    }
+
+    /// Builds the elector and campaigns for one role: the common case.
+    ///
+    /// # Errors
+    /// As [`ElectorBuilder::build`].
+    pub async fn spawn(self, role: Role) -> Result<LeaderHandle, ElectorError> {
+        let elector = self.build().await?;
+        elector.spawn(role).await
+    }
+}
+
+fn random_seed() -> u64 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+#[derive(Default)]
+pub(crate) struct Shared {
+    roles: Mutex<HashMap<Role, RoleShared>>,
+}
+
+impl Shared {
+    pub(crate) fn get(&self, role: &Role) -> Option<RoleShared> {
+        self.roles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(role)
+            .cloned()
+    }
+
+    fn insert_new(&self, role: &Role, shared: RoleShared) -> bool {
+        let mut roles = self.roles.lock().unwrap_or_else(PoisonError::into_inner);
+        match roles.get(role) {
+            Some(existing) if !existing.is_stopped() => false,
+            _ => {
+                roles.insert(role.clone(), shared);
+                true
+            }
+        }
+    }
+}
+
+struct Inner {
+    backend: Arc<dyn Backend>,
+    node_id: NodeId,
+    namespace: Namespace,
+    config: Config,
+    ctrl: mpsc::UnboundedSender<Ctrl>,
+    shared: Arc<Shared>,
+    done: watch::Receiver<bool>,
+}
+
+/// One node: a session with the database and any number of roles.
+/// Cheap to clone; every clone drives the same node.
+#[derive(Clone)]
+pub struct Elector {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Elector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Elector")
+            .field("node_id", &self.inner.node_id)
+            .field("namespace", &self.inner.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Elector {
+    /// Starts building an elector over `backend`.
+    pub fn builder(backend: impl Backend) -> ElectorBuilder {
+        Self::builder_shared(Arc::new(backend))
+    }
+
+    /// Like [`Elector::builder`], for a backend already behind an `Arc`.
+    pub fn builder_shared(backend: Arc<dyn Backend>) -> ElectorBuilder {
+        ElectorBuilder {
+            backend,
+            config: Config::default(),
+            namespace: Namespace::default(),
+            node_id: None,
+            seed: None,
+        }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &NodeId {
+        &self.inner.node_id
+    }
+
+    /// The namespace of this elector's roles.
+    pub fn namespace(&self) -> &Namespace {
+        &self.inner.namespace
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Campaigns for `role` on this node's session.
+    ///
+    /// # Errors
+    /// [`ElectorError::AlreadyCampaigning`] if a live handle for `role`
+    /// exists; [`ElectorError::Stopped`] after shutdown.
+    pub async fn spawn(&self, role: Role) -> Result<LeaderHandle, ElectorError> {
+        if *self.inner.done.borrow() {
+            return Err(ElectorError::Stopped);
+        }
+        let shared = RoleShared::new();
+        if !self.inner.shared.insert_new(&role, shared.clone()) {
+            return Err(ElectorError::AlreadyCampaigning(role));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .ctrl
+            .send(Ctrl::Add(role.clone(), tx))
+            .map_err(|_| ElectorError::Stopped)?;
+        rx.await.map_err(|_| ElectorError::Stopped)?;
+        Ok(LeaderHandle::new(
+            role,
+            shared,
+            self.inner.ctrl.clone(),
+            self.inner.done.clone(),
+        ))
+    }
+
+    /// Watches who leads `role` without campaigning (like etcd's Observe).
+    pub fn observe(&self, role: Role) -> Observer {
+        Observer::spawn(
+            self.inner.backend.clone(),
+            self.inner.namespace.clone(),
+            role,
+            self.inner.config.retry_interval(),
+        )
+    }
+
+    /// Resigns and releases every role (draining leader-only work first),
+    /// then stops the node. Idempotent; returns once the node has stopped.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.ctrl.send(Ctrl::Shutdown(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        let mut done = self.inner.done.clone();
+        let _ = done.wait_for(|d| *d).await;
+    }
+
+    /// Whether the node has stopped.
+    pub fn is_stopped(&self) -> bool {
+        *self.inner.done.borrow()
+    }
+
+    /// The backend, for status queries.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,408 @@
+//! How the machine reacts to each command's result.
+
+use crate::backend::{
+    BackendError, ClaimOutcome, HeldLease, PreemptOutcome, RenewOutcome, TryLockOutcome,
+};
+use crate::config::TakeoverPolicy;
+use crate::machine::command::{CommandOutput, CommandResult, Event, ObservedLeader, StepDownReason};
+use crate::machine::role::{Intent, LockHold, ReleasePhase, RoleState};
+use crate::machine::{Command, InFlight, Machine, Pending};
+use crate::types::{LocalInstant, Role};
+
+impl Machine {
+    pub(super) fn on_result(&mut self, flight: InFlight, result: CommandResult) {
+        let sent_at = flight.sent_at;
+        if let Err(error) = &result {
+            let name = match &flight.pending {
+                Pending::TryLock(_) => "try_lock",
+                Pending::Claim(..) => "claim",
+                Pending::Renew(_) => "renew",
+                Pending::Validate(_) => "validate",
+                Pending::Ping => "ping",
+                Pending::Preempt(_) => "preempt",
+                Pending::Release(..) => "release",
+                Pending::Notify => "notify",
+                Pending::Reset => "reset_session",
+            };
+            self.emit(Event::CommandFailed {
+                command: name,
+                error: error.to_string(),
+                retryable: error.is_retryable(),
+            });
+        }
+        match (flight.pending, result) {
+            (Pending::TryLock(roles), Ok(CommandOutput::TryLock(out))) => {
+                self.on_try_lock(&roles, out)
+            }
+            (Pending::TryLock(roles), Err(e)) => {
+                for (role, epoch) in roles {
+                    if self.current(&role, epoch) && self.is_state(&role, RoleState::Candidate) {
+                        // Some locks may have been granted: find out.
+                        self.mark_unknown(&role, StepDownReason::LockLost);
+                    }
+                }
+                self.fail_session_if_lost(&e);
+            }
+            (Pending::Claim(role, epoch), Ok(CommandOutput::Claim(out))) => {
+                if self.current(&role, epoch) {
+                    self.on_claim(&role, sent_at, out);
+                }
+            }
+            (Pending::Claim(role, epoch), Err(e)) => {
+                if self.current(&role, epoch) {
+                    // The lock is ours but the claim is in doubt: let go.
+                    if let Some(en) = self.roles.get_mut(&role) {
+                        en.term = None;
+                    }
+                    self.begin_release(&role, false);
+                }
+                self.fail_session_if_lost(&e);
+            }
+            (Pending::Renew(leases), Ok(CommandOutput::Renew(out))) => {
+                self.on_renew(&leases, sent_at, out)
+            }
+            (Pending::Renew(leases), Err(e)) => {
+                self.next_renew = self.now + self.config.renew_interval() / 4;
+                if e.is_session_lost() {
+                    self.session_lost(&e.to_string());
+                } else {
+                    self.renew_failed(&leases);
+                }
+            }
+            (Pending::Validate(roles), Ok(CommandOutput::Validate(held))) => {
+                self.on_validate(&roles, &held)
+            }
+            (Pending::Validate(roles), Err(e)) => {
+                if e.is_session_lost() {
+                    self.session_lost(&e.to_string());
+                } else if roles
+                    .iter()
+                    .any(|(r, _)| self.roles.get(r).is_some_and(|x| x.lock == LockHold::Unknown))
+                {
+                    // We cannot learn which locks are held: drop them all.
+                    self.reset_wanted = true;
+                }
+                self.next_validate = self.now + self.config.validate_interval();
+            }
+            (Pending::Ping, Ok(_)) => {}
+            (Pending::Ping, Err(e)) => self.fail_session_if_lost(&e),
+            (Pending::Preempt(role), Ok(CommandOutput::Preempt(out))) => {
+                self.on_preempt(&role, out)
+            }
+            (Pending::Release(role, epoch), Ok(CommandOutput::Released)) => {
+                if self.current(&role, epoch) {
+                    if let Some(en) = self.roles.get_mut(&role) {
+                        en.lock = LockHold::NotHeld;
+                    }
+                    self.bump_epoch(&role);
+                    // Only now is the lock free: tell the standbys.
+                    let id = self.next_id();
+                    self.send(
+                        Command::Notify {
+                            id,
+                            role: role.clone(),
+                        },
+                        Pending::Notify,
+                    );
+                    self.finish(&role);
+                }
+            }
+            (Pending::Release(role, epoch), Err(e)) => {
+                if self.current(&role, epoch) {
+                    self.mark_unknown(&role, StepDownReason::LockLost);
+                }
+                self.fail_session_if_lost(&e);
+            }
+            (Pending::Reset, _) => self.on_reset(),
+            // Notifications and preemptions that fail change nothing; the
+            // standbys retry on their own.
+            (Pending::Notify | Pending::Preempt(_), _) => {}
+            (pending, Ok(output)) => {
+                self.emit(Event::CommandFailed {
+                    command: "driver",
+                    error: format!("driver returned {output:?} for {pending:?}"),
+                    retryable: false,
+                });
+            }
+        }
+    }
+
+    fn current(&self, role: &Role, epoch: u64) -> bool {
+        self.roles.get(role).is_some_and(|e| e.lock_epoch == epoch)
+    }
+
+    fn is_state(&self, role: &Role, state: RoleState) -> bool {
+        self.roles.get(role).is_some_and(|e| e.state == state)
+    }
+
+    fn fail_session_if_lost(&mut self, e: &BackendError) {
+        if e.is_session_lost() {
+            self.session_lost(&e.to_string());
+        }
+    }
+
+    fn on_try_lock(&mut self, roles: &[(Role, u64)], out: TryLockOutcome) {
+        let retry = self.jittered_retry();
+        let now = self.now;
+        let db_now = out.db_now;
+        for (role, epoch) in roles {
+            if !(self.current(role, *epoch) && self.is_state(role, RoleState::Candidate)) {
+                continue;
+            }
+            let attempt = out.attempts.iter().find(|a| &a.role == role);
+            let granted = attempt.is_some_and(|a| a.granted);
+            let lease = attempt.and_then(|a| a.lease.clone());
+            if granted {
+                if let Some(e) = self.roles.get_mut(role) {
+                    e.lock = LockHold::Held;
+                }
+                self.bump_epoch(role);
+                let start = self.roles.values().filter(|e| e.lock == LockHold::Held).count() == 1;
+                if start {
+                    self.next_validate = now + self.config.validate_interval();
+                }
+                let wants = self.roles.get(role).map(|e| (e.intent, e.held_off(now)));
+                if wants == Some((Intent::Campaign, false)) {
+                    let epoch = self.roles.get(role).map_or(0, |e| e.lock_epoch);
+                    let id = self.next_id();
+                    self.send(
+                        Command::Claim {
+                            id,
+                            role: role.clone(),
+                        },
+                        Pending::Claim(role.clone(), epoch),
+                    );
+                } else {
+                    // Stopped or resigned while the attempt was in flight.
+                    self.begin_release(role, false);
+                }
+                continue;
+            }
+            let observed = lease
+                .as_ref()
+                .filter(|l| !l.expired_at(db_now))
+                .map(|l| ObservedLeader {
+                    holder: l.holder.clone(),
+                    term: l.term,
+                });
+            if let Some(e) = self.roles.get_mut(role) {
+                e.next_try = (now + retry).max(e.hold_off_until);
+                if e.intent == Intent::Stop {
+                    e.state = RoleState::Follower;
+                    self.finish(role);
+                    continue;
+                }
+                e.state = RoleState::Follower;
+                if e.observed != observed {
+                    e.observed = observed.clone();
+                    self.emit(Event::LeaderObserved {
+                        role: role.clone(),
+                        leader: observed,
+                    });
+                }
+            }
+            // A live session holds the lock but its lease ran out long ago.
+            let grace = self.config.zombie_grace();
+            if let Some(lease) = lease {
+                if self.config.preempt_zombies()
+                    && !self.preempt_refused
+                    && db_now >= lease.lease_until + grace
+                    && !self.kind_in_flight(|p| matches!(p, Pending::Preempt(_)))
+                {
+                    let id = self.next_id();
+                    self.send(
+                        Command::Preempt { id, lease, grace },
+                        Pending::Preempt(role.clone()),
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_claim(&mut self, role: &Role, sent_at: LocalInstant, out: ClaimOutcome) {
+        let now = self.now;
+        let window = self.config.leader_window();
+        let wait = match (self.config.takeover_policy(), &out.previous) {
+            (TakeoverPolicy::WaitForLease, Some(prev)) if !prev.expired_at(out.db_now) => self
+                .config
+                .local_wait_for_db(prev.lease_until.saturating_since(out.db_now)),
+            _ => std::time::Duration::ZERO,
+        };
+        let renewing = self
+            .roles
+            .values()
+            .any(|e| e.renewable() && &e.role != role);
+        let Some(e) = self.roles.get_mut(role) else {
+            return;
+        };
+        e.term = Some(out.term);
+        e.deadline = Some(sent_at + window);
+        if e.intent == Intent::Stop {
+            self.begin_release(role, false);
+            return;
+        }
+        let lead_at = now + wait;
+        e.state = RoleState::Elect { lead_at };
+        let first_renew = sent_at + self.config.renew_interval();
+        if !renewing || first_renew < self.next_renew {
+            self.next_renew = first_renew;
+        }
+        if lead_at <= now {
+            self.become_leader(role);
+        }
+    }
+
+    fn on_renew(&mut self, leases: &[HeldLease], sent_at: LocalInstant, out: RenewOutcome) {
+        self.next_renew = sent_at + self.config.renew_interval();
+        let deadline = sent_at + self.config.leader_window();
+        for lease in leases {
+            let Some(e) = self.roles.get_mut(&lease.role) else {
+                continue;
+            };
+            if e.term != Some(lease.term) || !e.renewable() {
+                continue;
+            }
+            if out.renewed.contains(&lease.role) {
+                if e.deadline.is_none_or(|d| d < deadline) {
+                    e.deadline = Some(deadline);
+                }
+                let leading = e.leading();
+                if let RoleState::Suspect { since } = e.state {
+                    e.state = RoleState::Leader { since };
+                    self.emit(Event::LeadershipRecovered {
+                        role: lease.role.clone(),
+                    });
+                }
+                if leading {
+                    self.emit(Event::DeadlineExtended {
+                        role: lease.role.clone(),
+                        deadline,
+                    });
+                }
+            } else {
+                // The row names another holder or term: someone took over.
+                self.step_down(&lease.role, StepDownReason::LeaseLost);
+                if let Some(e) = self.roles.get_mut(&lease.role) {
+                    e.term = None;
+                    e.deadline = None;
+                }
+                self.begin_release(&lease.role, false);
+            }
+        }
+    }
+
+    fn renew_failed(&mut self, leases: &[HeldLease]) {
+        for lease in leases {
+            let Some(e) = self.roles.get_mut(&lease.role) else {
+                continue;
+            };
+            if e.term != Some(lease.term) {
+                continue;
+            }
+            if let (RoleState::Leader { since }, Some(deadline)) = (e.state, e.deadline) {
+                e.state = RoleState::Suspect { since };
+                self.emit(Event::LeadershipAtRisk {
+                    role: lease.role.clone(),
+                    deadline,
+                });
+            }
+        }
+    }
+
+    fn on_validate(&mut self, roles: &[(Role, u64)], held: &[Role]) {
+        let now = self.now;
+        for (role, epoch) in roles {
+            if !self.current(role, *epoch) {
+                continue;
+            }
+            let still = held.contains(role);
+            let Some(e) = self.roles.get_mut(role) else {
+                continue;
+            };
+            match (e.lock, still) {
+                (LockHold::Held, true) => {}
+                (LockHold::Held, false) => {
+                    self.step_down(role, StepDownReason::LockLost);
+                    if let Some(e) = self.roles.get_mut(role) {
+                        e.lock = LockHold::NotHeld;
+                        e.term = None;
+                        e.deadline = None;
+                    }
+                    self.bump_epoch(role);
+                    self.finish(role);
+                }
+                (LockHold::Unknown, true) => {
+                    // Held after all, but nobody leads with it: give it back.
+                    e.lock = LockHold::Held;
+                    if e.state != RoleState::Stopped {
+                        e.state = RoleState::Releasing {
+                            phase: ReleasePhase::Unlocking,
+                        };
+                    }
+                    self.bump_epoch(role);
+                    self.issue_release(role);
+                }
+                (LockHold::Unknown, false) => {
+                    e.lock = LockHold::NotHeld;
+                    self.bump_epoch(role);
+                    self.finish(role);
+                }
+                (LockHold::NotHeld, _) => {}
+            }
+        }
+        let unknown = self.roles.values().any(|e| e.lock == LockHold::Unknown);
+        self.next_validate = if unknown {
+            now
+        } else {
+            now + self.config.validate_interval()
+        };
+    }
+
+    fn on_preempt(&mut self, role: &Role, out: PreemptOutcome) {
+        match out {
+            PreemptOutcome::Terminated => {
+                let holder = self
+                    .roles
+                    .get(role)
+                    .and_then(|e| e.observed.as_ref().map(|o| o.holder.clone()))
+                    .unwrap_or_default();
+                self.emit(Event::ZombiePreempted {
+                    role: role.clone(),
+                    holder,
+                });
+                let soon = self.now + self.config.retry_interval() / 10;
+                if let Some(e) = self.roles.get_mut(role) {
+                    if e.state == RoleState::Follower {
+                        e.next_try = e.next_try.min(soon);
+                    }
+                }
+            }
+            PreemptOutcome::NotZombie => {}
+            PreemptOutcome::NotPermitted => {
+                if !self.preempt_refused {
+                    self.preempt_refused = true;
+                    self.emit(Event::PreemptNotPermitted { role: role.clone() });
+                }
+            }
+        }
+    }
+
+    fn on_reset(&mut self) {
+        let touched: Vec<Role> = self
+            .roles
+            .values()
+            .filter(|e| e.lock != LockHold::NotHeld)
+            .map(|e| e.role.clone())
+            .collect();
+        for role in touched {
+            self.step_down(&role, StepDownReason::LockLost);
+            if let Some(e) = self.roles.get_mut(&role) {
+                e.lock = LockHold::NotHeld;
+                e.term = None;
+                e.deadline = None;
+            }
+            self.bump_epoch(&role);
+            self.finish(&role);
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Per-role state.
+
+use crate::machine::command::ObservedLeader;
+use crate::types::{LocalInstant, Role, Term};
+
+/// Where one role stands on this node (DESIGN §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleState {
+    /// Not holding the lock; tries again at the next retry.
+    Follower,
+    /// A lock attempt or a claim is in flight.
+    Candidate,
+    /// Holds the lock and a claimed term, waiting out the predecessor's
+    /// lease (policy `WaitForLease`).
+    Elect {
+        /// When it may start leading, on the local clock.
+        lead_at: LocalInstant,
+    },
+    /// Leads until the local deadline unless renewed.
+    Leader {
+        /// When it started leading.
+        since: LocalInstant,
+    },
+    /// Still leads, but renewals are failing.
+    Suspect {
+        /// When it started leading.
+        since: LocalInstant,
+    },
+    /// Stepping down: draining work, then releasing and notifying.
+    Releasing {
+        /// What the release is waiting for.
+        phase: ReleasePhase,
+    },
+    /// Not campaigning; holds nothing.
+    Stopped,
+}
+
+impl RoleState {
+    /// A stable label for logs and timelines.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RoleState::Follower => "follower",
+            RoleState::Candidate => "candidate",
+            RoleState::Elect { .. } => "elect",
+            RoleState::Leader { .. } => "leader",
+            RoleState::Suspect { .. } => "suspect",
+            RoleState::Releasing { .. } => "releasing",
+            RoleState::Stopped => "stopped",
+        }
+    }
+}
+
+/// The steps of [`RoleState::Releasing`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleasePhase {
+    /// Waiting for leader-only work to finish, at most until `until`.
+    Draining {
+        /// The drain timeout.
+        until: LocalInstant,
+    },
+    /// A `Release` command is (or is about to be) in flight.
+    Unlocking,
+}
+
+/// What this node knows about its session's lock of a role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LockHold {
+    NotHeld,
+    Held,
+    /// A command that changes the lock failed in a way that leaves its
+    /// effect unknown; validation must settle it before anything else.
+    Unknown,
+}
+
+/// What the application wants for the role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Intent {
+    Campaign,
+    Stop,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct RoleEntry {
+    pub(crate) role: Role,
+    pub(crate) state: RoleState,
+    pub(crate) lock: LockHold,
+    /// The term this node claimed, while it holds the lease.
+    pub(crate) term: Option<Term>,
+    /// The local deadline of the current claim/renewal.
+    pub(crate) deadline: Option<LocalInstant>,
+    /// The term announced with `StartedLeading`, until `StoppedLeading`.
+    pub(crate) led: Option<Term>,
+    pub(crate) observed: Option<ObservedLeader>,
+    pub(crate) next_try: LocalInstant,
+    pub(crate) intent: Intent,
+    /// Set when `Releasing` should end in `Stopped` rather than `Follower`.
+    pub(crate) release_then_stop: bool,
+    /// After a resign, no campaigning before this instant.
+    pub(crate) hold_off_until: LocalInstant,
+    /// Changes whenever the lock changes hands on this session, so results of
+    /// commands sent before the change are not applied after it.
+    pub(crate) lock_epoch: u64,
+}
+
+impl RoleEntry {
+    pub(crate) fn new(role: Role, now: LocalInstant) -> Self {
+        Self {
+            role,
+            state: RoleState::Follower,
+            lock: LockHold::NotHeld,
+            term: None,
+            deadline: None,
+            led: None,
+            observed: None,
+            next_try: now,
+            intent: Intent::Campaign,
+            release_then_stop: false,
+            hold_off_until: now,
+            lock_epoch: 0,
+        }
+    }
+
+    /// Whether the lease should be renewed.
+    pub(crate) fn renewable(&self) -> bool {
+        self.lock == LockHold::Held
+            && self.term.is_some()
+            && matches!(
+                self.state,
+                RoleState::Elect { .. }
+                    | RoleState::Leader { .. }
+                    | RoleState::Suspect { .. }
+                    | RoleState::Releasing {
+                        phase: ReleasePhase::Draining { .. }
+                    }
+            )
+    }
+
+    pub(crate) fn leading(&self) -> bool {
+        matches!(
+            self.state,
+            RoleState::Leader { .. } | RoleState::Suspect { .. }
+        )
+    }
+}
