@@ -3,3 +3,16 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub use regent_core::*;
+
+/// The PostgreSQL backend on sqlx (feature `sqlx`).
+#[cfg(feature = "sqlx")]
+pub use regent_sqlx as sqlx;
+
+/// The PostgreSQL backend on tokio-postgres + deadpool-postgres (feature
+/// `tokio-postgres`).
+#[cfg(feature = "tokio-postgres")]
+pub use regent_tokio_postgres as tokio_postgres;
+
+/// The deterministic simulator (feature `sim`).
+#[cfg(feature = "sim")]
+pub use regent_sim as sim;

@@ -1,0 +1,48 @@
+//! Where the tests find PostgreSQL: `DATABASE_URL` if set, else the local
+//! server at 127.0.0.1:5432 (database `test`), else — with the opt-in
+//! `testcontainers` feature, on machines with Docker — a container.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+/// The local default.
+pub const LOCAL_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A reachable database URL, or a panic with one line saying how to
+/// provide one.
+pub async fn database_url() -> String {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        return url;
+    }
+    let reachable = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::net::TcpStream::connect("127.0.0.1:5432"),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    if reachable {
+        return LOCAL_URL.to_owned();
+    }
+    panic!(
+        "no PostgreSQL for the tests: set DATABASE_URL, start the local server \
+         (pg_ctlcluster --skip-systemctl-redirect 15 main start), or run with \
+         --features testcontainers on a machine with Docker"
+    );
+}
+
+/// A fresh, unique name for a test's namespace or schema.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        nanos % 100_000
+    )
+}
