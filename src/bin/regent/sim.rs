@@ -1,0 +1,164 @@
+//! `regent sim`: one seed with a report, or a sweep of many seeds.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use regent::sim::{FaultSelection, Mutant, SimConfig, SweepReport, parse_policy};
+
+use crate::{CliError, EXIT_VIOLATION};
+
+/// Arguments of `regent sim`.
+#[derive(Debug, Args)]
+pub(crate) struct SimArgs {
+    /// The seed of the first (or only) run.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Run this many seeds, from --seed on, and print a summary table.
+    #[arg(long)]
+    seeds: Option<u64>,
+    /// Nodes that campaign.
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+    /// Roles every node campaigns for.
+    #[arg(long, default_value_t = 3)]
+    roles: usize,
+    /// Simulated minutes per seed (fractions allowed).
+    #[arg(long, default_value_t = 60.0)]
+    minutes: f64,
+    /// Faults: `all`, `none`, or a list such as `crash,pause,partition`.
+    #[arg(long, default_value = "all")]
+    faults: String,
+    /// Takeover policy: `wait-for-lease` or `immediate`.
+    #[arg(long, default_value = "wait-for-lease")]
+    policy: String,
+    /// Run a deliberately broken machine (to see the simulator catch it).
+    #[arg(long)]
+    mutant: Option<String>,
+    /// Write an SVG picture of who led when (single seed).
+    #[arg(long)]
+    svg: Option<std::path::PathBuf>,
+    /// Print the per-node timeline (single seed).
+    #[arg(long)]
+    timeline: bool,
+    /// Keep going after a violation in a sweep.
+    #[arg(long)]
+    keep_going: bool,
+}
+
+impl SimArgs {
+    fn config(&self) -> Result<SimConfig, CliError> {
+        if !(self.minutes.is_finite() && self.minutes > 0.0) {
+            return Err(CliError(format!(
+                "--minutes must be a positive number, got {}",
+                self.minutes
+            )));
+        }
+        if self.nodes == 0 || self.roles == 0 {
+            return Err(CliError("--nodes and --roles must be at least 1".into()));
+        }
+        let faults: FaultSelection = self.faults.parse()?;
+        let mutant = match &self.mutant {
+            Some(m) => Some(m.parse::<Mutant>()?),
+            None => None,
+        };
+        Ok(SimConfig {
+            seed: self.seed,
+            nodes: self.nodes,
+            roles: self.roles,
+            duration: Duration::from_secs_f64(self.minutes * 60.0),
+            faults,
+            policy: parse_policy(&self.policy)?,
+            mutant,
+            stop_at_first_violation: !self.keep_going,
+            ..SimConfig::default()
+        })
+    }
+}
+
+/// Runs `regent sim`; returns the exit code.
+pub(crate) fn run(args: &SimArgs) -> Result<u8, CliError> {
+    let config = args.config()?;
+    match args.seeds {
+        None | Some(1) => single(args, &config),
+        Some(0) => Err(CliError("--seeds must be at least 1".into())),
+        Some(n) => sweep(args, &config, n),
+    }
+}
+
+fn single(args: &SimArgs, config: &SimConfig) -> Result<u8, CliError> {
+    let started = Instant::now();
+    let report = regent::sim::run(config);
+    if args.timeline {
+        println!("{}", report.timeline);
+    }
+    if let Some(path) = &args.svg {
+        std::fs::write(path, &report.svg)
+            .map_err(|e| CliError(format!("cannot write {}: {e}", path.display())))?;
+        println!("wrote {}", path.display());
+    }
+    print!("{report}");
+    println!("wall time: {:.2?}", started.elapsed());
+    Ok(if report.passed() { 0 } else { EXIT_VIOLATION })
+}
+
+fn sweep(args: &SimArgs, config: &SimConfig, n: u64) -> Result<u8, CliError> {
+    let started = Instant::now();
+    let mut total = SweepReport::default();
+    let mut stderr = std::io::stderr();
+    let first = args.seed;
+    let mut last_draw = Instant::now() - Duration::from_secs(1);
+    for seed in first..first.saturating_add(n) {
+        let report = regent::sim::run(&config.with_seed(seed));
+        let failed = !report.passed();
+        total.add(report);
+        if last_draw.elapsed() >= Duration::from_millis(200) || seed + 1 == first + n || failed {
+            last_draw = Instant::now();
+            let done = total.seeds;
+            let width = 30u64;
+            let filled = (done * width / n) as usize;
+            let _ = write!(
+                stderr,
+                "\r[{}{}] {done}/{n} seeds, {} violations",
+                "#".repeat(filled),
+                " ".repeat(width as usize - filled),
+                total.failures.len()
+            );
+            let _ = stderr.flush();
+        }
+        if failed && !args.keep_going {
+            break;
+        }
+    }
+    let _ = writeln!(stderr);
+    let wall = started.elapsed();
+    println!("{}", summary(&total, wall));
+    if let Some(fail) = total.failures.first() {
+        println!("first violation (seed {}):", fail.config.seed);
+        print!("{fail}");
+        return Ok(EXIT_VIOLATION);
+    }
+    Ok(0)
+}
+
+fn summary(total: &SweepReport, wall: Duration) -> String {
+    let hours = total.simulated.as_secs_f64() / 3600.0;
+    let mut out = String::new();
+    let mut row = |k: &str, v: String| out.push_str(&format!("  {k:<34} {v}\n"));
+    row("seeds", total.seeds.to_string());
+    row("simulated cluster-hours", format!("{hours:.1}"));
+    row("events", total.events.to_string());
+    row("violations", total.failures.len().to_string());
+    row("wall time", format!("{wall:.2?}"));
+    let per_min = if wall.as_secs_f64() > 0.0 {
+        hours / (wall.as_secs_f64() / 60.0)
+    } else {
+        0.0
+    };
+    row("simulated hours per wall-minute", format!("{per_min:.0}"));
+    out.push_str("  coverage (sum over seeds):\n");
+    for (k, v) in &total.coverage {
+        out.push_str(&format!("    {k:<32} {v}\n"));
+    }
+    out
+}
