@@ -180,10 +180,7 @@ impl Config {
         if self.retry_jitter > self.retry_interval {
             return Err(ConfigError::new(
                 "retry_jitter",
-                format!(
-                    "must not exceed retry_interval ({:?})",
-                    self.retry_interval
-                ),
+                format!("must not exceed retry_interval ({:?})", self.retry_interval),
                 self.retry_jitter,
             ));
         }
@@ -390,7 +387,10 @@ mod tests {
     #[test]
     fn rules_name_their_field() {
         let s = Duration::from_secs;
-        assert_eq!(field_of(Config::builder().lease_duration(s(0))), "lease_duration");
+        assert_eq!(
+            field_of(Config::builder().lease_duration(s(0))),
+            "lease_duration"
+        );
         assert_eq!(
             field_of(Config::builder().renew_interval(s(5))),
             "renew_interval"
@@ -426,7 +426,10 @@ mod tests {
             .build()
             .unwrap_err()
             .to_string();
-        assert!(msg.contains("renew_interval") && msg.contains("half"), "{msg}");
+        assert!(
+            msg.contains("renew_interval") && msg.contains("half"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! [`Command`] whose result comes back as an input. Backends ([`Lock`],
 //! [`Lease`], [`Notify`]) carry out commands; the driver (feature `driver`,
 //! on by default) runs the loop on tokio and gives applications an
-//! [`Elector`] and [`LeaderHandle`]s. The simulator in `regent-sim` runs the
+//! `Elector` and `LeaderHandle`s (module `driver`). The simulator in `regent-sim` runs the
 //! very same machine on virtual time.
 //!
 //! # The drive loop
@@ -98,6 +98,7 @@
 pub mod backend;
 pub mod config;
 pub mod machine;
+pub mod postgres;
 pub mod types;
 
 #[cfg(feature = "driver")]

@@ -29,6 +29,7 @@ mod observe;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -71,6 +72,7 @@ pub struct ElectorBuilder {
     namespace: Namespace,
     node_id: Option<NodeId>,
     seed: Option<u64>,
+    connect_timeout: Duration,
 }
 
 impl std::fmt::Debug for ElectorBuilder {
@@ -110,6 +112,13 @@ impl ElectorBuilder {
         self
     }
 
+    /// How long [`ElectorBuilder::build`] waits for the backend's session
+    /// before it fails; default 10 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
     /// Checks the config, connects the backend's session (so a database
     /// that is down or a transaction pooler is an error here) and starts the
     /// node task. Must be called inside a tokio runtime.
@@ -118,7 +127,10 @@ impl ElectorBuilder {
     /// [`ElectorError::Config`] or [`ElectorError::Backend`].
     pub async fn build(self) -> Result<Elector, ElectorError> {
         self.config.validate()?;
-        self.backend.connect().await?;
+        match tokio::time::timeout(self.connect_timeout, self.backend.connect()).await {
+            Ok(connected) => connected?,
+            Err(_) => return Err(BackendError::Timeout(self.connect_timeout).into()),
+        }
         let seed = self.seed.unwrap_or_else(random_seed);
         let node_id = match self.node_id {
             Some(id) => id,
@@ -244,6 +256,7 @@ impl Elector {
             namespace: Namespace::default(),
             node_id: None,
             seed: None,
+            connect_timeout: Duration::from_secs(10),
         }
     }
 

@@ -44,7 +44,8 @@ enum Pending {
     Renew(Vec<HeldLease>),
     Validate(Vec<(Role, u64)>),
     Ping,
-    Preempt(Role),
+    /// The role and the zombie holder's node id.
+    Preempt(Role, String),
     Release(Role, u64),
     Notify,
     Reset,
@@ -217,6 +218,9 @@ impl Machine {
         for f in self.in_flight.values() {
             at(f.expires_at);
         }
+        // While the session is being reset, `drive` sends nothing: waking
+        // for renewals, validations, tries or pings then would only spin.
+        let resetting = self.reset_wanted || self.kind_in_flight(|p| matches!(p, Pending::Reset));
         let try_in_flight = self.kind_in_flight(|p| matches!(p, Pending::TryLock(_)));
         let mut any_renewable = false;
         let mut any_lock = false;
@@ -228,8 +232,10 @@ impl Machine {
             match e.state {
                 RoleState::Follower
                     if !try_in_flight
+                        && !resetting
                         && e.intent == Intent::Campaign
-                        && e.lock == LockHold::NotHeld =>
+                        && e.lock == LockHold::NotHeld
+                        && !self.lock_command_in_flight(&e.role) =>
                 {
                     at(e.next_try)
                 }
@@ -239,11 +245,14 @@ impl Machine {
                 } => at(until),
                 _ => {}
             }
-            if e.renewable() {
-                if let Some(d) = e.deadline {
-                    at(d);
-                }
+            if e.renewable()
+                && let Some(d) = e.deadline
+            {
+                at(d);
             }
+        }
+        if resetting {
+            return wake;
         }
         if any_renewable && !self.kind_in_flight(|p| matches!(p, Pending::Renew(_))) {
             at(self.next_renew);
@@ -317,16 +326,15 @@ impl Machine {
     /// [`Event::DrainRequested`]; the lease can be released.
     pub fn handle_drained(&mut self, now: LocalInstant, role: &Role) {
         self.advance(now);
-        if let Some(e) = self.roles.get_mut(role) {
-            if let RoleState::Releasing {
+        if let Some(e) = self.roles.get_mut(role)
+            && let RoleState::Releasing {
                 phase: ReleasePhase::Draining { .. },
             } = e.state
-            {
-                e.state = RoleState::Releasing {
-                    phase: ReleasePhase::Unlocking,
-                };
-                self.issue_release(role);
-            }
+        {
+            e.state = RoleState::Releasing {
+                phase: ReleasePhase::Unlocking,
+            };
+            self.issue_release(role);
         }
         self.drive();
     }
@@ -334,10 +342,12 @@ impl Machine {
     /// Another node released `role`: try for it now.
     pub fn handle_release_notified(&mut self, now: LocalInstant, role: &Role) {
         self.advance(now);
-        if let Some(e) = self.roles.get_mut(role) {
-            if e.state == RoleState::Follower && e.next_try > now && !e.held_off(now) {
-                e.next_try = now;
-            }
+        if let Some(e) = self.roles.get_mut(role)
+            && e.state == RoleState::Follower
+            && e.next_try > now
+            && !e.held_off(now)
+        {
+            e.next_try = now;
         }
         self.drive();
     }
@@ -429,7 +439,10 @@ impl Machine {
             let lock_busy = self.kind_in_flight(|p| {
                 matches!(
                     p,
-                    Pending::TryLock(_) | Pending::Claim(..) | Pending::Release(..) | Pending::Reset
+                    Pending::TryLock(_)
+                        | Pending::Claim(..)
+                        | Pending::Release(..)
+                        | Pending::Reset
                 )
             });
             if !lock_busy {
@@ -480,9 +493,33 @@ impl Machine {
         {
             let id = self.next_id();
             let roles = to_validate.iter().map(|(r, _)| r.clone()).collect();
-            self.send(Command::Validate { id, roles }, Pending::Validate(to_validate));
+            self.send(
+                Command::Validate { id, roles },
+                Pending::Validate(to_validate),
+            );
         }
-        // Try every follower that is due, in one batch.
+        // A release whose command was lost track of (it was in flight when
+        // the lock's epoch changed) is sent again once nothing else about
+        // that lock is in flight.
+        let stuck: Vec<Role> = self
+            .roles
+            .values()
+            .filter(|e| {
+                e.lock == LockHold::Held
+                    && e.state
+                        == RoleState::Releasing {
+                            phase: ReleasePhase::Unlocking,
+                        }
+                    && !self.lock_command_in_flight(&e.role)
+            })
+            .map(|e| e.role.clone())
+            .collect();
+        for role in stuck {
+            self.issue_release(&role);
+        }
+        // Try every follower that is due, in one batch. Never while an
+        // earlier command about the same lock may still run: a late release
+        // would unlock the new hold.
         if !self.kind_in_flight(|p| matches!(p, Pending::TryLock(_))) {
             let due: Vec<Role> = self
                 .roles
@@ -492,6 +529,7 @@ impl Machine {
                         && e.intent == Intent::Campaign
                         && e.lock == LockHold::NotHeld
                         && e.next_try <= now
+                        && !self.lock_command_in_flight(&e.role)
                 })
                 .map(|e| e.role.clone())
                 .collect();
@@ -504,7 +542,10 @@ impl Machine {
                     }
                 }
                 let id = self.next_id();
-                self.send(Command::TryLock { id, roles: due }, Pending::TryLock(tagged));
+                self.send(
+                    Command::TryLock { id, roles: due },
+                    Pending::TryLock(tagged),
+                );
             }
         }
         // Keep an idle session alive.
@@ -520,6 +561,13 @@ impl Machine {
 
     fn kind_in_flight(&self, f: impl Fn(&Pending) -> bool) -> bool {
         self.in_flight.values().any(|x| f(&x.pending))
+    }
+
+    /// Whether a claim or release of `role` is in flight, current or not.
+    fn lock_command_in_flight(&self, role: &Role) -> bool {
+        self.kind_in_flight(
+            |p| matches!(p, Pending::Claim(r, _) | Pending::Release(r, _) if r == role),
+        )
     }
 
     fn next_id(&mut self) -> CommandId {
@@ -589,14 +637,14 @@ impl Machine {
     /// Tells the application this node no longer leads `role`, if it had
     /// said it did.
     fn step_down(&mut self, role: &Role, reason: StepDownReason) {
-        if let Some(e) = self.roles.get_mut(role) {
-            if let Some(term) = e.led.take() {
-                self.emit(Event::StoppedLeading {
-                    role: role.clone(),
-                    term,
-                    reason,
-                });
-            }
+        if let Some(e) = self.roles.get_mut(role)
+            && let Some(term) = e.led.take()
+        {
+            self.emit(Event::StoppedLeading {
+                role: role.clone(),
+                term,
+                reason,
+            });
         }
     }
 
@@ -652,7 +700,10 @@ impl Machine {
         let in_flight = self.kind_in_flight(|p| matches!(p, Pending::Release(r, _) if r == role));
         match e.lock {
             LockHold::Held if !in_flight => {
-                let term = e.term;
+                // Expire the lease only once the predecessor's lease has
+                // passed: before that, an expired row would let the next
+                // holder lead at once, while the predecessor may still lead.
+                let term = e.term.filter(|_| e.lead_at.is_some_and(|t| self.now >= t));
                 let epoch = e.lock_epoch;
                 let id = self.next_id();
                 self.send(
@@ -678,6 +729,7 @@ impl Machine {
         };
         e.term = None;
         e.deadline = None;
+        e.lead_at = None;
         e.led = None;
         if e.intent == Intent::Stop || e.release_then_stop {
             e.intent = Intent::Stop;

@@ -4,7 +4,9 @@ use crate::backend::{
     BackendError, ClaimOutcome, HeldLease, PreemptOutcome, RenewOutcome, TryLockOutcome,
 };
 use crate::config::TakeoverPolicy;
-use crate::machine::command::{CommandOutput, CommandResult, Event, ObservedLeader, StepDownReason};
+use crate::machine::command::{
+    CommandOutput, CommandResult, Event, ObservedLeader, StepDownReason,
+};
 use crate::machine::role::{Intent, LockHold, ReleasePhase, RoleState};
 use crate::machine::{Command, InFlight, Machine, Pending};
 use crate::types::{LocalInstant, Role};
@@ -19,7 +21,7 @@ impl Machine {
                 Pending::Renew(_) => "renew",
                 Pending::Validate(_) => "validate",
                 Pending::Ping => "ping",
-                Pending::Preempt(_) => "preempt",
+                Pending::Preempt(..) => "preempt",
                 Pending::Release(..) => "release",
                 Pending::Notify => "notify",
                 Pending::Reset => "reset_session",
@@ -49,14 +51,17 @@ impl Machine {
                 }
             }
             (Pending::Claim(role, epoch), Err(e)) => {
-                if self.current(&role, epoch) {
+                if e.is_session_lost() {
+                    // The lock went with the session (validation confirms):
+                    // nothing to release.
+                    self.session_lost(&e.to_string());
+                } else if self.current(&role, epoch) {
                     // The lock is ours but the claim is in doubt: let go.
                     if let Some(en) = self.roles.get_mut(&role) {
                         en.term = None;
                     }
                     self.begin_release(&role, false);
                 }
-                self.fail_session_if_lost(&e);
             }
             (Pending::Renew(leases), Ok(CommandOutput::Renew(out))) => {
                 self.on_renew(&leases, sent_at, out)
@@ -75,19 +80,20 @@ impl Machine {
             (Pending::Validate(roles), Err(e)) => {
                 if e.is_session_lost() {
                     self.session_lost(&e.to_string());
-                } else if roles
-                    .iter()
-                    .any(|(r, _)| self.roles.get(r).is_some_and(|x| x.lock == LockHold::Unknown))
-                {
+                } else if roles.iter().any(|(r, _)| {
+                    self.roles
+                        .get(r)
+                        .is_some_and(|x| x.lock == LockHold::Unknown)
+                }) {
                     // We cannot learn which locks are held: drop them all.
-                    self.reset_wanted = true;
+                    self.want_reset();
                 }
                 self.next_validate = self.now + self.config.validate_interval();
             }
             (Pending::Ping, Ok(_)) => {}
             (Pending::Ping, Err(e)) => self.fail_session_if_lost(&e),
-            (Pending::Preempt(role), Ok(CommandOutput::Preempt(out))) => {
-                self.on_preempt(&role, out)
+            (Pending::Preempt(role, holder), Ok(CommandOutput::Preempt(out))) => {
+                self.on_preempt(&role, holder, out)
             }
             (Pending::Release(role, epoch), Ok(CommandOutput::Released)) => {
                 if self.current(&role, epoch) {
@@ -113,10 +119,14 @@ impl Machine {
                 }
                 self.fail_session_if_lost(&e);
             }
-            (Pending::Reset, _) => self.on_reset(),
+            (Pending::Reset, Ok(CommandOutput::Reset)) => self.on_reset(),
+            // Not known to be closed (the reset failed or timed out): the
+            // session may still hold locks. Try again; nothing else goes out
+            // meanwhile.
+            (Pending::Reset, _) => self.reset_wanted = true,
             // Notifications and preemptions that fail change nothing; the
             // standbys retry on their own.
-            (Pending::Notify | Pending::Preempt(_), _) => {}
+            (Pending::Notify | Pending::Preempt(..), _) => {}
             (pending, Ok(output)) => {
                 self.emit(Event::CommandFailed {
                     command: "driver",
@@ -157,7 +167,12 @@ impl Machine {
                     e.lock = LockHold::Held;
                 }
                 self.bump_epoch(role);
-                let start = self.roles.values().filter(|e| e.lock == LockHold::Held).count() == 1;
+                let start = self
+                    .roles
+                    .values()
+                    .filter(|e| e.lock == LockHold::Held)
+                    .count()
+                    == 1;
                 if start {
                     self.next_validate = now + self.config.validate_interval();
                 }
@@ -178,13 +193,14 @@ impl Machine {
                 }
                 continue;
             }
-            let observed = lease
-                .as_ref()
-                .filter(|l| !l.expired_at(db_now))
-                .map(|l| ObservedLeader {
-                    holder: l.holder.clone(),
-                    term: l.term,
-                });
+            let observed =
+                lease
+                    .as_ref()
+                    .filter(|l| !l.expired_at(db_now))
+                    .map(|l| ObservedLeader {
+                        holder: l.holder.clone(),
+                        term: l.term,
+                    });
             if let Some(e) = self.roles.get_mut(role) {
                 e.next_try = (now + retry).max(e.hold_off_until);
                 if e.intent == Intent::Stop {
@@ -203,18 +219,18 @@ impl Machine {
             }
             // A live session holds the lock but its lease ran out long ago.
             let grace = self.config.zombie_grace();
-            if let Some(lease) = lease {
-                if self.config.preempt_zombies()
-                    && !self.preempt_refused
-                    && db_now >= lease.lease_until + grace
-                    && !self.kind_in_flight(|p| matches!(p, Pending::Preempt(_)))
-                {
-                    let id = self.next_id();
-                    self.send(
-                        Command::Preempt { id, lease, grace },
-                        Pending::Preempt(role.clone()),
-                    );
-                }
+            if let Some(lease) = lease
+                && self.config.preempt_zombies()
+                && !self.preempt_refused
+                && db_now > lease.lease_until + grace
+                && !self.kind_in_flight(|p| matches!(p, Pending::Preempt(..)))
+            {
+                let id = self.next_id();
+                let holder = lease.holder.clone();
+                self.send(
+                    Command::Preempt { id, lease, grace },
+                    Pending::Preempt(role.clone(), holder),
+                );
             }
         }
     }
@@ -235,13 +251,17 @@ impl Machine {
         let Some(e) = self.roles.get_mut(role) else {
             return;
         };
+        let lead_at = now + wait;
         e.term = Some(out.term);
         e.deadline = Some(sent_at + window);
-        if e.intent == Intent::Stop {
+        e.lead_at = Some(lead_at);
+        // Stopped or resigned while the claim was in flight: never lead
+        // with it; give the lock back (expiring the lease only if no
+        // predecessor's lease is still running).
+        if e.intent == Intent::Stop || e.held_off(now) {
             self.begin_release(role, false);
             return;
         }
-        let lead_at = now + wait;
         e.state = RoleState::Elect { lead_at };
         let first_renew = sent_at + self.config.renew_interval();
         if !renewing || first_renew < self.next_renew {
@@ -299,7 +319,11 @@ impl Machine {
             if e.term != Some(lease.term) {
                 continue;
             }
-            if let (RoleState::Leader { since }, Some(deadline)) = (e.state, e.deadline) {
+            // A leader past its deadline (the machine was woken late) steps
+            // down right after this; it is not "at risk" any more.
+            if let (RoleState::Leader { since }, Some(deadline)) = (e.state, e.deadline)
+                && self.now < deadline
+            {
                 e.state = RoleState::Suspect { since };
                 self.emit(Event::LeadershipAtRisk {
                     role: lease.role.clone(),
@@ -358,23 +382,20 @@ impl Machine {
         };
     }
 
-    fn on_preempt(&mut self, role: &Role, out: PreemptOutcome) {
+    fn on_preempt(&mut self, role: &Role, holder: String, out: PreemptOutcome) {
         match out {
             PreemptOutcome::Terminated => {
-                let holder = self
-                    .roles
-                    .get(role)
-                    .and_then(|e| e.observed.as_ref().map(|o| o.holder.clone()))
-                    .unwrap_or_default();
+                // The zombie's name comes from the row it was preempted for:
+                // a follower never "observes" a holder whose lease ran out.
                 self.emit(Event::ZombiePreempted {
                     role: role.clone(),
                     holder,
                 });
                 let soon = self.now + self.config.retry_interval() / 10;
-                if let Some(e) = self.roles.get_mut(role) {
-                    if e.state == RoleState::Follower {
-                        e.next_try = e.next_try.min(soon);
-                    }
+                if let Some(e) = self.roles.get_mut(role)
+                    && e.state == RoleState::Follower
+                {
+                    e.next_try = e.next_try.min(soon);
                 }
             }
             PreemptOutcome::NotZombie => {}
@@ -383,6 +404,28 @@ impl Machine {
                     self.preempt_refused = true;
                     self.emit(Event::PreemptNotPermitted { role: role.clone() });
                 }
+            }
+        }
+    }
+
+    /// The session is going to be closed: from now on nobody leads on it,
+    /// even before the reset is sent (it may wait for lock commands in
+    /// flight) or confirmed.
+    fn want_reset(&mut self) {
+        self.reset_wanted = true;
+        let holding: Vec<Role> = self
+            .roles
+            .values()
+            .filter(|e| e.renewable())
+            .map(|e| e.role.clone())
+            .collect();
+        for role in holding {
+            self.step_down(&role, StepDownReason::LockLost);
+            if let Some(e) = self.roles.get_mut(&role) {
+                e.deadline = None;
+                e.state = RoleState::Releasing {
+                    phase: ReleasePhase::Unlocking,
+                };
             }
         }
     }

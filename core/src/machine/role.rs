@@ -88,6 +88,11 @@ pub(crate) struct RoleEntry {
     pub(crate) term: Option<Term>,
     /// The local deadline of the current claim/renewal.
     pub(crate) deadline: Option<LocalInstant>,
+    /// When the predecessor's lease (seen by this node's claim) has surely
+    /// passed in database time. Until then the lease row this node claimed
+    /// is what keeps the next holder waiting for that predecessor, so a
+    /// release must not expire it.
+    pub(crate) lead_at: Option<LocalInstant>,
     /// The term announced with `StartedLeading`, until `StoppedLeading`.
     pub(crate) led: Option<Term>,
     pub(crate) observed: Option<ObservedLeader>,
@@ -110,6 +115,7 @@ impl RoleEntry {
             lock: LockHold::NotHeld,
             term: None,
             deadline: None,
+            lead_at: None,
             led: None,
             observed: None,
             next_try: now,
