@@ -18,7 +18,9 @@ use regent::{Config, Elector, Namespace, NodeId, Role};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let name = std::env::args().nth(1).unwrap_or_else(|| "node-a".to_owned());
+    let name = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "node-a".to_owned());
 
     let backend = SqlxBackend::connect(&url).await?;
     backend.migrate().await?;
@@ -63,13 +65,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                                 }
                                 // The write happens only if the lease still
                                 // names us at this term.
-                                let mut tx = match backend.fenced(&namespace, &role, &me, token).await {
-                                    Ok(tx) => tx,
-                                    Err(e) => {
-                                        eprintln!("{me}: fenced write refused: {e}");
-                                        break;
-                                    }
-                                };
+                                let mut tx =
+                                    match backend.fenced(&namespace, &role, &me, token).await {
+                                        Ok(tx) => tx,
+                                        Err(e) => {
+                                            eprintln!("{me}: fenced write refused: {e}");
+                                            break;
+                                        }
+                                    };
                                 let value: (i64,) = sqlx::query_as(
                                     "INSERT INTO regent_example_counter (id, value, token)
                                      VALUES (1, 1, $1)

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use conformance::{FenceError, Factory};
+use conformance::{Factory, FenceError};
 use regent::sqlx::{FencedError, SqlxBackend};
 use regent::{Namespace, NodeId, Role, Term};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -79,7 +79,9 @@ impl Factory for SqlxFactory {
         match node.fenced(namespace, role, holder, token).await {
             Ok(tx) => {
                 tokio::time::sleep(hold).await;
-                tx.commit().await.map_err(|e| FenceError::Other(e.to_string()))
+                tx.commit()
+                    .await
+                    .map_err(|e| FenceError::Other(e.to_string()))
             }
             Err(FencedError::Stale { .. }) => Err(FenceError::Stale),
             Err(e) => Err(FenceError::Other(e.to_string())),

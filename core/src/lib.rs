@@ -105,13 +105,13 @@ pub mod types;
 pub mod driver;
 
 pub use backend::{
-    Backend, BackendError, ClaimOutcome, HeldLease, Lease, Lock, LockAttempt, Notify,
-    NotifyEvent, PreemptOutcome, RenewOutcome, Subscription, TryLockOutcome,
+    Backend, BackendError, ClaimOutcome, HeldLease, Lease, Lock, LockAttempt, Notify, NotifyEvent,
+    PreemptOutcome, RenewOutcome, Subscription, TryLockOutcome,
 };
 pub use config::{Config, ConfigBuilder, ConfigError, TakeoverPolicy};
 pub use machine::{
-    Command, CommandId, CommandOutput, CommandResult, Event, Machine, ObservedLeader,
-    ReleasePhase, RoleState, StepDownReason,
+    Command, CommandId, CommandOutput, CommandResult, Event, Machine, ObservedLeader, ReleasePhase,
+    RoleState, StepDownReason,
 };
 pub use types::{
     DbTimestamp, FencingToken, LeaseRecord, LocalInstant, MAX_NAME_BYTES, NameError, Namespace,

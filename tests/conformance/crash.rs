@@ -55,7 +55,11 @@ impl<B: Backend + Clone> Lock for Crashable<B> {
         self.gate().await;
         self.inner.connect().await
     }
-    async fn try_lock(&self, ns: &Namespace, roles: &[Role]) -> Result<TryLockOutcome, BackendError> {
+    async fn try_lock(
+        &self,
+        ns: &Namespace,
+        roles: &[Role],
+    ) -> Result<TryLockOutcome, BackendError> {
         self.gate().await;
         self.inner.try_lock(ns, roles).await
     }

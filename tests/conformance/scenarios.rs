@@ -119,14 +119,13 @@ pub async fn crash<F: Factory>(f: &F, policy: TakeoverPolicy) {
 
     let crashed_at = Instant::now();
     a.crash().await;
-    let (lease_until,): (chrono::DateTime<chrono::Utc>,) = sqlx::query_as(
-        "SELECT lease_until FROM regent_leases WHERE namespace = $1 AND role = $2",
-    )
-    .bind(ns.as_str())
-    .bind(role.as_str())
-    .fetch_one(&db)
-    .await
-    .unwrap();
+    let (lease_until,): (chrono::DateTime<chrono::Utc>,) =
+        sqlx::query_as("SELECT lease_until FROM regent_leases WHERE namespace = $1 AND role = $2")
+            .bind(ns.as_str())
+            .bind(role.as_str())
+            .fetch_one(&db)
+            .await
+            .unwrap();
     let t2 = hb.wait_until_leader().await.unwrap();
     let took = crashed_at.elapsed();
     let (db_now,): (chrono::DateTime<chrono::Utc>,) =
@@ -198,7 +197,10 @@ pub async fn terminated_session_steps_down<F: Factory>(f: &F) {
         "step-down took {took:?}"
     );
     work.await.unwrap().unwrap();
-    assert!(cancelled.load(Ordering::SeqCst), "leader work was not cancelled");
+    assert!(
+        cancelled.load(Ordering::SeqCst),
+        "leader work was not cancelled"
+    );
     eventually("someone leads again", LONG, || leaders(&handles).len() == 1).await;
     ea.shutdown().await;
     eb.shutdown().await;

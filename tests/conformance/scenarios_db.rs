@@ -6,23 +6,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use regent::postgres::AdvisoryKey;
-use regent::{
-    Config, Elector, Lease, NameError, Namespace, NodeId, Role, TakeoverPolicy,
-};
+use regent::{Config, Elector, Lease, NameError, Namespace, NodeId, Role, TakeoverPolicy};
 use sqlx::{Connection, PgConnection};
 use tokio::time::Instant;
 
 use super::crash::Crashable;
-use super::{
-    FenceError, Factory, admin, campaign, eventually, fast_config, leaders, unique,
-};
+use super::{Factory, FenceError, admin, campaign, eventually, fast_config, leaders, unique};
 
 const LONG: Duration = Duration::from_secs(20);
 
 /// A superuser session that holds `role`'s advisory lock and a lease row
 /// that ended `ago` ago (negative: still running), like a client that died
 /// behind a pooler while its backend lives on.
-async fn plant_zombie(url: &str, ns: &Namespace, role: &Role, lease_from_now_secs: i64) -> PgConnection {
+async fn plant_zombie(
+    url: &str,
+    ns: &Namespace,
+    role: &Role,
+    lease_from_now_secs: i64,
+) -> PgConnection {
     let mut conn = PgConnection::connect(url).await.unwrap();
     let key = AdvisoryKey::derive(ns, role);
     sqlx::query("SELECT pg_advisory_lock($1, $2)")
@@ -70,7 +71,14 @@ pub async fn zombie_preempted_when_privileged<F: Factory>(f: &F) {
     let node = f.node(&unique("app"), None).await;
     f.migrate(&node).await.unwrap();
     let mut zombie = plant_zombie(f.url(), &ns, &role, -10).await;
-    let (e, h) = campaign(&node, &ns, "node-a", &role, preempting(Duration::from_secs(1))).await;
+    let (e, h) = campaign(
+        &node,
+        &ns,
+        "node-a",
+        &role,
+        preempting(Duration::from_secs(1)),
+    )
+    .await;
     let token = tokio::time::timeout(LONG, h.wait_until_leader())
         .await
         .expect("candidate never preempted the zombie")
@@ -90,7 +98,14 @@ pub async fn zombie_never_preempted_while_lease_valid<F: Factory>(f: &F) {
     let node = f.node(&unique("app"), None).await;
     f.migrate(&node).await.unwrap();
     let mut holder = plant_zombie(f.url(), &ns, &role, 3600).await;
-    let (e, h) = campaign(&node, &ns, "node-a", &role, preempting(Duration::from_millis(100))).await;
+    let (e, h) = campaign(
+        &node,
+        &ns,
+        "node-a",
+        &role,
+        preempting(Duration::from_millis(100)),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(!h.is_leader());
     sqlx::query("SELECT 1")
@@ -113,11 +128,21 @@ pub async fn zombie_refused_without_privilege<F: Factory>(f: &F) {
         format!("CREATE ROLE {user} LOGIN"),
         format!("GRANT SELECT, INSERT, UPDATE, DELETE ON regent_leases TO {user}"),
     ] {
-        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&db).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&db)
+            .await
+            .unwrap();
     }
     let mut zombie = plant_zombie(f.url(), &ns, &role, -10).await;
     let node = f.node(&unique("app"), Some(&user)).await;
-    let (e, h) = campaign(&node, &ns, "node-np", &role, preempting(Duration::from_millis(500))).await;
+    let (e, h) = campaign(
+        &node,
+        &ns,
+        "node-np",
+        &role,
+        preempting(Duration::from_millis(500)),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(!h.is_leader());
     assert!(!e.is_stopped(), "the elector must keep waiting, not stop");
@@ -147,7 +172,10 @@ pub async fn fenced_stale_token_fails<F: Factory>(f: &F) {
     a.crash().await;
     let t2 = hb.wait_until_leader().await.unwrap();
     assert!(t2 > t1);
-    match f.fenced_write(&b, &ns, &role, &me, t1, Duration::ZERO).await {
+    match f
+        .fenced_write(&b, &ns, &role, &me, t1, Duration::ZERO)
+        .await
+    {
         Err(FenceError::Stale) => {}
         other => panic!("old token {t1} after takeover (term {t2}) gave {other:?}"),
     }
@@ -209,7 +237,11 @@ pub async fn many_roles_one_session<F: Factory>(f: &F) {
         .unwrap();
     let mut handles = Vec::new();
     for i in 0..200 {
-        handles.push(e.spawn(Role::new(format!("shard-{i}")).unwrap()).await.unwrap());
+        handles.push(
+            e.spawn(Role::new(format!("shard-{i}")).unwrap())
+                .await
+                .unwrap(),
+        );
     }
     eventually("all 200 roles lead", Duration::from_secs(60), || {
         leaders(&handles).len() == 200
@@ -267,8 +299,14 @@ pub async fn names_round_trip<F: Factory>(f: &F) {
     want.sort();
     assert_eq!(listed, want);
     assert!(matches!(Role::new(""), Err(NameError::Empty { .. })));
-    assert!(matches!(Role::new("x".repeat(64)), Err(NameError::TooLong { .. })));
-    assert!(matches!(Role::new("€".repeat(22)), Err(NameError::TooLong { .. })));
+    assert!(matches!(
+        Role::new("x".repeat(64)),
+        Err(NameError::TooLong { .. })
+    ));
+    assert!(matches!(
+        Role::new("€".repeat(22)),
+        Err(NameError::TooLong { .. })
+    ));
     assert!(matches!(
         Namespace::new("a\0b"),
         Err(NameError::ControlCharacter { .. })
@@ -294,7 +332,10 @@ pub async fn namespaces_do_not_interfere<F: Factory>(f: &F) {
     .await;
     ha.resign().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(hb.is_leader(), "a release in one namespace disturbed the other");
+    assert!(
+        hb.is_leader(),
+        "a release in one namespace disturbed the other"
+    );
     ea.shutdown().await;
     eb.shutdown().await;
 }
@@ -317,7 +358,9 @@ pub async fn concurrent_migrate<F: Factory>(f: &F) {
         .await
         .unwrap();
     assert!(exists);
-    f.migrate(&nodes[0]).await.expect("a second migrate is a no-op");
+    f.migrate(&nodes[0])
+        .await
+        .expect("a second migrate is a no-op");
 }
 
 /// 10a. An unreachable database is a clear error at start, not a hang.

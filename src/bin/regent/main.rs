@@ -53,9 +53,18 @@ enum Cmd {
 }
 
 fn features() -> u8 {
-    let on = |yes: bool| if yes { "yes" } else { "no (rebuild with the feature)" };
+    let on = |yes: bool| {
+        if yes {
+            "yes"
+        } else {
+            "no (rebuild with the feature)"
+        }
+    };
     println!("sqlx backend:           {}", on(cfg!(feature = "sqlx")));
-    println!("tokio-postgres backend: {}", on(cfg!(feature = "tokio-postgres")));
+    println!(
+        "tokio-postgres backend: {}",
+        on(cfg!(feature = "tokio-postgres"))
+    );
     println!("simulator:              {}", on(cfg!(feature = "sim")));
     0
 }

@@ -1,0 +1,226 @@
+//! [`Lease`] for [`SqlxBackend`], and fenced transactions.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use regent_core::postgres::LeaseRow;
+use regent_core::{
+    BackendError, ClaimOutcome, DbTimestamp, HeldLease, Lease, LeaseRecord, Namespace, NodeId,
+    RenewOutcome, Role, Term,
+};
+use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
+
+use crate::SqlxBackend;
+use crate::error::{FencedError, misconfiguration, pool_error};
+use crate::ops::{Op, Out, mismatch};
+use crate::session::db_now;
+
+/// Reads the lease columns of `row` (`None` when the `LEFT JOIN` found no
+/// row) for a known namespace and role.
+pub(crate) fn lease_from_row(
+    row: &PgRow,
+    namespace: &Namespace,
+    role: &Role,
+) -> Result<Option<LeaseRecord>, BackendError> {
+    let bad = |e: sqlx::Error| BackendError::Transient(format!("unreadable lease row: {e}"));
+    let Some(holder) = row.try_get::<Option<String>, _>("holder").map_err(bad)? else {
+        return Ok(None);
+    };
+    let raw = LeaseRow {
+        namespace: namespace.as_str().to_owned(),
+        role: role.as_str().to_owned(),
+        holder,
+        term: row.try_get("term").map_err(bad)?,
+        backend_pid: row.try_get("backend_pid").map_err(bad)?,
+        acquired_us: row.try_get("acquired_us").map_err(bad)?,
+        renewed_us: row.try_get("renewed_us").map_err(bad)?,
+        until_us: row.try_get("until_us").map_err(bad)?,
+    };
+    raw.into_record()
+        .map(Some)
+        .map_err(|e| BackendError::Transient(e.to_string()))
+}
+
+/// A row that carries its own `namespace` and `role` columns.
+fn full_lease_from_row(row: &PgRow) -> Result<Option<LeaseRecord>, BackendError> {
+    let bad = |e: sqlx::Error| BackendError::Transient(format!("unreadable lease row: {e}"));
+    let ns: Option<String> = row.try_get("namespace").map_err(bad)?;
+    let role: Option<String> = row.try_get("role").map_err(bad)?;
+    let (Some(ns), Some(role)) = (ns, role) else {
+        return Ok(None);
+    };
+    let invalid = |e: regent_core::NameError| {
+        BackendError::Transient(format!("lease table holds an invalid name: {e}"))
+    };
+    let ns = Namespace::new(ns).map_err(invalid)?;
+    let role = Role::new(role).map_err(invalid)?;
+    lease_from_row(row, &ns, &role)
+}
+
+#[async_trait]
+impl Lease for SqlxBackend {
+    async fn read(
+        &self,
+        namespace: &Namespace,
+        roles: &[Role],
+    ) -> Result<(DbTimestamp, Vec<LeaseRecord>), BackendError> {
+        let inner = &self.inner;
+        let names: Vec<String> = roles.iter().map(|r| r.as_str().to_owned()).collect();
+        let rows = sqlx::query(AssertSqlSafe(inner.sql.read.clone()))
+            .bind(namespace.as_str())
+            .bind(names)
+            .fetch_all(&inner.pool)
+            .await
+            .map_err(|e| pool_error(&e, &inner.settings.table))?;
+        let mut now = DbTimestamp::default();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            now = db_now(row).map_err(|e| pool_error(&e, &inner.settings.table))?;
+            let role: Option<String> = row
+                .try_get("role")
+                .map_err(|e| pool_error(&e, &inner.settings.table))?;
+            if let Some(role) = role.and_then(|r| Role::new(r).ok()) {
+                out.extend(lease_from_row(row, namespace, &role)?);
+            }
+        }
+        Ok((now, out))
+    }
+
+    async fn claim(
+        &self,
+        namespace: &Namespace,
+        role: &Role,
+        holder: &NodeId,
+        lease: Duration,
+    ) -> Result<ClaimOutcome, BackendError> {
+        let op = Op::Claim {
+            ns: namespace.clone(),
+            role: role.clone(),
+            holder: holder.clone(),
+            lease,
+        };
+        match self.inner.submit(op).await? {
+            Out::Claim(outcome) => Ok(outcome),
+            other => Err(mismatch(other)),
+        }
+    }
+
+    async fn renew(
+        &self,
+        namespace: &Namespace,
+        holder: &NodeId,
+        held: &[HeldLease],
+        lease: Duration,
+    ) -> Result<RenewOutcome, BackendError> {
+        let op = Op::Renew {
+            ns: namespace.clone(),
+            holder: holder.clone(),
+            held: held.to_vec(),
+            lease,
+        };
+        match self.inner.submit(op).await? {
+            Out::Renew(outcome) => Ok(outcome),
+            other => Err(mismatch(other)),
+        }
+    }
+
+    async fn expire(
+        &self,
+        namespace: &Namespace,
+        role: &Role,
+        holder: &NodeId,
+        term: Term,
+    ) -> Result<(), BackendError> {
+        let op = Op::Expire {
+            ns: namespace.clone(),
+            role: role.clone(),
+            holder: holder.clone(),
+            term,
+        };
+        match self.inner.submit(op).await? {
+            Out::Unit => Ok(()),
+            other => Err(mismatch(other)),
+        }
+    }
+
+    async fn list(&self, namespace: Option<&Namespace>) -> Result<Vec<LeaseRecord>, BackendError> {
+        let inner = &self.inner;
+        let rows = sqlx::query(AssertSqlSafe(inner.sql.list.clone()))
+            .bind(namespace.map(|n| n.as_str().to_owned()))
+            .fetch_all(&inner.pool)
+            .await
+            .map_err(|e| pool_error(&e, &inner.settings.table))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.extend(full_lease_from_row(row)?);
+        }
+        Ok(out)
+    }
+}
+
+impl SqlxBackend {
+    /// Opens a transaction on the pool that holds `role`'s lease row
+    /// `FOR SHARE` and has checked that it still names `holder` at term
+    /// `token`. Do the leader-only writes in it and commit: a deposed
+    /// leader's write fails here with [`FencedError::Stale`], and a new
+    /// leader's claim (which updates the row) waits until in-flight fenced
+    /// transactions finish, so their writes land before the takeover.
+    ///
+    /// ```no_run
+    /// # async fn demo(backend: regent_sqlx::SqlxBackend) -> Result<(), Box<dyn std::error::Error>> {
+    /// use regent_core::{Namespace, NodeId, Role, Term};
+    /// let (ns, role) = (Namespace::default(), Role::new("billing")?);
+    /// let me = NodeId::new("node-a")?;
+    /// let token = Term(7); // from Leadership::Leader { token, .. }
+    /// let mut tx = backend.fenced(&ns, &role, &me, token).await?;
+    /// sqlx::query("UPDATE invoices SET sent = true WHERE id = $1")
+    ///     .bind(42_i64)
+    ///     .execute(&mut *tx)
+    ///     .await?;
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn fenced(
+        &self,
+        namespace: &Namespace,
+        role: &Role,
+        holder: &NodeId,
+        token: Term,
+    ) -> Result<Transaction<'static, Postgres>, FencedError> {
+        let inner = &self.inner;
+        let db = |e: sqlx::Error| match misconfiguration(&e, &inner.settings.table) {
+            Some(msg) => FencedError::Misconfigured(msg),
+            None => FencedError::Database(e),
+        };
+        let mut tx = inner.pool.begin().await.map_err(db)?;
+        let row = sqlx::query(AssertSqlSafe(inner.sql.fenced.clone()))
+            .bind(namespace.as_str())
+            .bind(role.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        let current = match row {
+            Some(row) => {
+                let h: String = row.try_get("holder").map_err(db)?;
+                let t: i64 = row.try_get("term").map_err(db)?;
+                Some((h, u64::try_from(t).map(Term).unwrap_or_default()))
+            }
+            None => None,
+        };
+        match current {
+            Some((h, t)) if h == holder.as_str() && t == token => Ok(tx),
+            other => {
+                let (current_holder, current_term) = other.unzip();
+                // Dropping `tx` rolls it back.
+                Err(FencedError::Stale {
+                    namespace: namespace.as_str().to_owned(),
+                    role: role.as_str().to_owned(),
+                    token,
+                    current_holder,
+                    current_term,
+                })
+            }
+        }
+    }
+}

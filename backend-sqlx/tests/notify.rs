@@ -1,0 +1,55 @@
+//! Release notifications of `SqlxBackend` against a real PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Ctx, role};
+use regent_core::{Namespace, Notify, NotifyEvent, Subscription};
+
+async fn next(sub: &mut Box<dyn Subscription>) -> NotifyEvent {
+    tokio::time::timeout(Duration::from_secs(5), sub.recv())
+        .await
+        .expect("no notification within 5 s")
+        .expect("subscription failed")
+}
+
+#[tokio::test]
+async fn release_notification_is_delivered_per_namespace() {
+    let ctx = Ctx::new("notify").await;
+    let (a, b) = (ctx.node("a"), ctx.node("b"));
+    // A namespace of this test only, since channels are per database.
+    let mine = Namespace::new(ctx.schema.clone()).unwrap();
+    let other = Namespace::new(format!("{}-other", ctx.schema)).unwrap();
+    let mut sub = b.subscribe(&mine).await.unwrap();
+    a.publish_release(&other, &role("elsewhere")).await.unwrap();
+    a.publish_release(&mine, &role("scheduler")).await.unwrap();
+    assert_eq!(
+        next(&mut sub).await,
+        NotifyEvent::Released(role("scheduler"))
+    );
+    ctx.cleanup().await;
+}
+
+#[tokio::test]
+async fn listener_reconnect_yields_maybe_missed() {
+    let ctx = Ctx::new("relisten").await;
+    let (a, b) = (ctx.node("a"), ctx.node("b"));
+    let mine = Namespace::new(ctx.schema.clone()).unwrap();
+    let mut sub = b.subscribe(&mine).await.unwrap();
+    // Kill the listener's connection; PgListener reconnects by itself.
+    assert_eq!(ctx.terminate(&format!("{}:listen", ctx.app("b"))).await, 1);
+    a.publish_release(&mine, &role("lost")).await.unwrap();
+    assert_eq!(next(&mut sub).await, NotifyEvent::MaybeMissed);
+    // Listening again after the reconnect.
+    a.publish_release(&mine, &role("r")).await.unwrap();
+    let mut got = next(&mut sub).await;
+    if got == NotifyEvent::Released(role("lost")) {
+        got = next(&mut sub).await; // the reconnect raced the first publish
+    }
+    assert_eq!(got, NotifyEvent::Released(role("r")));
+    // Dropping the subscription closes its connection.
+    drop(sub);
+    ctx.wait_gone(&format!("{}:listen", ctx.app("b"))).await;
+    ctx.cleanup().await;
+}

@@ -1,0 +1,398 @@
+//! [`TokioPgBackendBuilder`]: options that do not depend on a namespace,
+//! and the TLS connector.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use regent_core::postgres::{DEFAULT_SCHEMA, DEFAULT_TABLE, TableName};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{Config, NoTls, Socket};
+
+use crate::TokioPgBackend;
+use crate::connect::connector;
+use crate::error::SetupError;
+
+/// How the session's settings (`statement_timeout`, server-side TCP
+/// keepalives) reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SessionSettings {
+    /// As `-c name=value` startup options (the `options` connection
+    /// parameter, appended to any the config already has): no extra round
+    /// trip. PgBouncer rejects the `options` parameter unless it is listed in
+    /// its `ignore_startup_parameters` (and then ignores it); use
+    /// [`SessionSettings::SetCommands`] there.
+    #[default]
+    StartupOptions,
+    /// As `SET` commands right after the session connects. Works through
+    /// PgBouncer in session mode.
+    SetCommands,
+}
+
+/// The validated settings shared by every clone of a backend.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) table: TableName,
+    pub(crate) application_name: String,
+    pub(crate) statement_timeout: Duration,
+    pub(crate) keepalives_idle: Duration,
+    pub(crate) keepalives_interval: Duration,
+    pub(crate) keepalives_count: u32,
+    pub(crate) session_settings: SessionSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            table: TableName::default(),
+            application_name: "regent".to_owned(),
+            statement_timeout: Duration::from_secs(5),
+            keepalives_idle: Duration::from_secs(5),
+            keepalives_interval: Duration::from_secs(2),
+            keepalives_count: 3,
+            session_settings: SessionSettings::StartupOptions,
+        }
+    }
+}
+
+impl Settings {
+    /// The GUCs of the session, as `(name, value)` pairs in server units.
+    pub(crate) fn session_gucs(&self) -> Vec<(&'static str, String)> {
+        let mut gucs = vec![(
+            "statement_timeout",
+            self.statement_timeout.as_millis().to_string(),
+        )];
+        gucs.extend(self.keepalive_gucs());
+        gucs
+    }
+
+    /// The server-side TCP keepalive GUCs (seconds / count).
+    pub(crate) fn keepalive_gucs(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "tcp_keepalives_idle",
+                self.keepalives_idle.as_secs().to_string(),
+            ),
+            (
+                "tcp_keepalives_interval",
+                self.keepalives_interval.as_secs().to_string(),
+            ),
+            ("tcp_keepalives_count", self.keepalives_count.to_string()),
+        ]
+    }
+
+    /// How long the client waits for any one call on the session before it
+    /// gives the session up: the statement timeout plus slack for the
+    /// network, so the server's timeout normally fires first.
+    pub(crate) fn call_timeout(&self) -> Duration {
+        self.statement_timeout + Duration::from_secs(2)
+    }
+
+    fn with_common(&self, base: &Config, name: &str, gucs: &[(&'static str, String)]) -> Config {
+        let mut config = base.clone();
+        config
+            .application_name(name)
+            // Client side: notice a vanished server within seconds.
+            .keepalives(true)
+            .keepalives_idle(self.keepalives_idle)
+            .keepalives_interval(self.keepalives_interval)
+            .keepalives_retries(self.keepalives_count);
+        if base.get_connect_timeout().is_none() {
+            config.connect_timeout(self.call_timeout());
+        }
+        if self.session_settings == SessionSettings::StartupOptions {
+            let ours: Vec<String> = gucs.iter().map(|(k, v)| format!("-c {k}={v}")).collect();
+            let options = match base.get_options() {
+                Some(existing) if !existing.trim().is_empty() => {
+                    format!("{existing} {}", ours.join(" "))
+                }
+                _ => ours.join(" "),
+            };
+            config.options(options);
+        }
+        config
+    }
+
+    /// Config of the lock session.
+    pub(crate) fn session_config(&self, base: &Config) -> Config {
+        self.with_common(base, &self.application_name, &self.session_gucs())
+    }
+
+    /// Config of a notification listener.
+    pub(crate) fn listen_config(&self, base: &Config) -> Config {
+        let mut name = format!("{}:listen", self.application_name);
+        while name.len() > 63 {
+            name.pop();
+        }
+        self.with_common(base, &name, &self.keepalive_gucs())
+    }
+}
+
+/// Builds a [`TokioPgBackend`]. Every option has a default; none depends
+/// on a namespace, so one backend (one node) serves any number of namespaces
+/// and roles. `T` is the TLS connector ([`NoTls`] unless
+/// [`TokioPgBackendBuilder::tls`] is called).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), regent_tokio_postgres::SetupError> {
+/// use std::time::Duration;
+/// use regent_tokio_postgres::TokioPgBackend;
+///
+/// let backend = TokioPgBackend::builder()
+///     .schema("ops")
+///     .table("leases")
+///     .application_name("billing-worker")
+///     .statement_timeout(Duration::from_secs(2))
+///     .connect("postgres://postgres@127.0.0.1:5432/app")
+///     .await?;
+/// backend.migrate().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct TokioPgBackendBuilder<T = NoTls> {
+    schema: String,
+    table: String,
+    settings: Settings,
+    max_pool_connections: usize,
+    tls: T,
+}
+
+impl Default for TokioPgBackendBuilder<NoTls> {
+    fn default() -> Self {
+        Self {
+            schema: DEFAULT_SCHEMA.to_owned(),
+            table: DEFAULT_TABLE.to_owned(),
+            settings: Settings::default(),
+            max_pool_connections: 4,
+            tls: NoTls,
+        }
+    }
+}
+
+impl TokioPgBackendBuilder<NoTls> {
+    /// A builder with the defaults (no TLS).
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<T> TokioPgBackendBuilder<T> {
+    /// Uses `tls` for every connection the backend opens (the session, the
+    /// listeners, and the pool [`TokioPgBackendBuilder::connect`] creates):
+    /// any `MakeTlsConnect<Socket>`, such as `postgres_native_tls::MakeTlsConnector`
+    /// or `tokio_postgres_rustls::MakeRustlsConnect`. A pool passed to
+    /// [`TokioPgBackendBuilder::build`] keeps its own TLS setting.
+    pub fn tls<U>(self, tls: U) -> TokioPgBackendBuilder<U> {
+        TokioPgBackendBuilder {
+            schema: self.schema,
+            table: self.table,
+            settings: self.settings,
+            max_pool_connections: self.max_pool_connections,
+            tls,
+        }
+    }
+
+    /// Schema of the lease table. Default `public`.
+    pub fn schema(mut self, schema: &str) -> Self {
+        schema.clone_into(&mut self.schema);
+        self
+    }
+
+    /// Name of the lease table. Default `regent_leases`.
+    pub fn table(mut self, table: &str) -> Self {
+        table.clone_into(&mut self.table);
+        self
+    }
+
+    /// `application_name` of the lock session, shown in `pg_stat_activity`
+    /// (listeners use the same name with `:listen` appended). Default
+    /// `regent`.
+    pub fn application_name(mut self, name: &str) -> Self {
+        name.clone_into(&mut self.settings.application_name);
+        self
+    }
+
+    /// `statement_timeout` of the lock session. Default 5 s, at least 1 ms.
+    /// A claim waits at most this long for in-flight fenced transactions.
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.statement_timeout = timeout;
+        self
+    }
+
+    /// TCP keepalives of the session and listeners, on both ends: the
+    /// client's socket (`keepalives_idle`, `_interval`, `_retries` of
+    /// `tokio_postgres::Config`, so a vanished server ends the connection and
+    /// is reported as lock loss) and the server's (`tcp_keepalives_idle`,
+    /// `_interval`, `_count`, so the server drops a vanished client, and its
+    /// locks), in whole seconds. Default 5 s, 2 s, 3.
+    pub fn tcp_keepalives(mut self, idle: Duration, interval: Duration, count: u32) -> Self {
+        self.settings.keepalives_idle = idle;
+        self.settings.keepalives_interval = interval;
+        self.settings.keepalives_count = count;
+        self
+    }
+
+    /// How session settings are sent; see [`SessionSettings`].
+    pub fn session_settings(mut self, how: SessionSettings) -> Self {
+        self.settings.session_settings = how;
+        self
+    }
+
+    /// Size of the pool [`TokioPgBackendBuilder::connect`] creates (used for
+    /// `list`, `read`, notifications, preemption and fenced transactions; the
+    /// lock session is separate). Default 4.
+    pub fn max_pool_connections(mut self, n: usize) -> Self {
+        self.max_pool_connections = n;
+        self
+    }
+
+    fn validate(&self) -> Result<Settings, SetupError> {
+        let mut settings = self.settings.clone();
+        settings.table = TableName::new(&self.schema, &self.table)?;
+        let s = &settings;
+        if s.statement_timeout < Duration::from_millis(1) {
+            return Err(SetupError::Option {
+                field: "statement_timeout",
+                rule: "must be at least 1 ms",
+            });
+        }
+        if s.keepalives_idle.as_secs() < 1 || s.keepalives_interval.as_secs() < 1 {
+            return Err(SetupError::Option {
+                field: "tcp_keepalives",
+                rule: "idle and interval must be at least 1 s",
+            });
+        }
+        if s.keepalives_count < 1 {
+            return Err(SetupError::Option {
+                field: "tcp_keepalives",
+                rule: "count must be at least 1",
+            });
+        }
+        let name_ok = !s.application_name.is_empty()
+            && s.application_name.len() <= 63
+            && s.application_name
+                .chars()
+                .all(|c| c.is_ascii_graphic() || c == ' ');
+        if !name_ok {
+            return Err(SetupError::Option {
+                field: "application_name",
+                rule: "must be 1 to 63 printable ASCII characters",
+            });
+        }
+        if self.max_pool_connections < 1 {
+            return Err(SetupError::Option {
+                field: "max_pool_connections",
+                rule: "must be at least 1",
+            });
+        }
+        Ok(settings)
+    }
+}
+
+impl<T> TokioPgBackendBuilder<T>
+where
+    T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+    T::Stream: Send + Sync + 'static,
+    T::TlsConnect: Send + Sync,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    /// Builds a backend over an existing `pool` (for statements that need no
+    /// session) and `config`, from which the node's dedicated lock session
+    /// and its notification listeners connect — outside the pool. No
+    /// connection is opened yet.
+    pub fn build(self, pool: Pool, config: Config) -> Result<TokioPgBackend, SetupError> {
+        let settings = self.validate()?;
+        Ok(TokioPgBackend::from_parts(
+            pool,
+            &config,
+            settings,
+            connector(self.tls),
+        ))
+    }
+
+    /// Parses `url` (a `postgres://` URL or a `key=value` string), creates a
+    /// pool over it with [`RecyclingMethod::Clean`] (which also runs
+    /// `pg_advisory_unlock_all()` whenever a connection returns), checks that
+    /// the server answers, and builds a backend.
+    pub async fn connect(self, url: &str) -> Result<TokioPgBackend, SetupError> {
+        let settings = self.validate()?;
+        let config: Config = url.parse().map_err(SetupError::Url)?;
+        let manager = Manager::from_config(
+            config.clone(),
+            self.tls.clone(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Clean,
+            },
+        );
+        let wait = settings.call_timeout();
+        let pool = Pool::builder(manager)
+            .max_size(self.max_pool_connections)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(wait))
+            .create_timeout(Some(wait))
+            .recycle_timeout(Some(wait))
+            .build()
+            .map_err(SetupError::Pool)?;
+        drop(pool.get().await.map_err(SetupError::Connect)?);
+        Ok(TokioPgBackend::from_parts(
+            pool,
+            &config,
+            settings,
+            connector(self.tls),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(b: TokioPgBackendBuilder) -> String {
+        match b.validate() {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn options_are_validated() {
+        let b = TokioPgBackendBuilder::new;
+        assert!(b().validate().is_ok());
+        assert!(err(b().table("a;b")).contains("table"));
+        assert!(err(b().schema("")).contains("schema"));
+        assert!(err(b().statement_timeout(Duration::ZERO)).contains("statement_timeout"));
+        let z = Duration::ZERO;
+        assert!(err(b().tcp_keepalives(z, z, 1)).contains("tcp_keepalives"));
+        assert!(err(b().application_name("")).contains("application_name"));
+        assert!(err(b().max_pool_connections(0)).contains("max_pool_connections"));
+    }
+
+    #[test]
+    fn session_config_sets_timeouts_and_keepalives() {
+        let s = Settings::default();
+        let mut base = Config::new();
+        base.options("-c search_path=x");
+        let c = s.session_config(&base);
+        assert_eq!(c.get_application_name(), Some("regent"));
+        let o = c.get_options().unwrap_or_default();
+        assert!(
+            o.starts_with("-c search_path=x -c statement_timeout=5000"),
+            "{o}"
+        );
+        assert!(o.contains("-c tcp_keepalives_count=3"), "{o}");
+        assert!(c.get_keepalives());
+        assert_eq!(c.get_keepalives_idle(), Duration::from_secs(5));
+        assert_eq!(c.get_keepalives_retries(), Some(3));
+        let l = s.listen_config(&Config::new());
+        assert_eq!(l.get_application_name(), Some("regent:listen"));
+        assert!(
+            !l.get_options()
+                .unwrap_or_default()
+                .contains("statement_timeout")
+        );
+        let set = Settings {
+            session_settings: SessionSettings::SetCommands,
+            ..Settings::default()
+        };
+        assert_eq!(set.session_config(&Config::new()).get_options(), None);
+    }
+}

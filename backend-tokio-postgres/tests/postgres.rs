@@ -1,0 +1,550 @@
+//! Tests against a real PostgreSQL (`DATABASE_URL`, else
+//! `postgres://postgres@127.0.0.1:5432/test`). Each test has its own schema
+//! and namespace.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use regent_core::postgres::AdvisoryKey;
+use regent_core::{
+    BackendError, HeldLease, Lease, Lock, Namespace, NodeId, Notify, NotifyEvent, Role, Term,
+};
+use regent_tokio_postgres::{FencedError, TokioPgBackend};
+use support::Ctx;
+
+const LEASE: Duration = Duration::from_secs(10);
+
+fn role(s: &str) -> Role {
+    Role::new(s).unwrap()
+}
+
+fn node(s: &str) -> NodeId {
+    NodeId::new(s).unwrap()
+}
+
+async fn lock_one(b: &TokioPgBackend, ns: &Namespace, r: &Role) -> bool {
+    let out = b.try_lock(ns, std::slice::from_ref(r)).await.unwrap();
+    assert_eq!(out.attempts.len(), 1);
+    out.attempts[0].granted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_is_exclusive_between_two_backends() {
+    let ctx = Ctx::new("excl").await;
+    let a = ctx.backend("a").await;
+    let b = ctx.backend_from_pool("b");
+    a.connect().await.unwrap();
+    b.connect().await.unwrap();
+    let (r, ns) = (role("scheduler"), &ctx.ns);
+    let key = AdvisoryKey::derive(ns, &r);
+
+    assert!(lock_one(&a, ns, &r).await);
+    assert!(!lock_one(&b, ns, &r).await);
+    // Asking again is granted without taking the key a second time...
+    assert!(lock_one(&a, ns, &r).await);
+    assert_eq!(ctx.lock_holders(key).await, vec![a.session_pid().unwrap()]);
+    // ...so one unlock frees it.
+    a.unlock(ns, &r).await.unwrap();
+    ctx.assert_lock_freed(key).await;
+    assert!(lock_one(&b, ns, &r).await);
+    assert!(!lock_one(&a, ns, &r).await);
+    // Unlocking a role not held is not an error and changes nothing.
+    a.unlock(ns, &r).await.unwrap();
+    assert_eq!(ctx.lock_holders(key).await, vec![b.session_pid().unwrap()]);
+    // A batch: one role free, one taken by b, one duplicated.
+    let batch = [role("x"), r.clone(), role("x")];
+    let out = a.try_lock(ns, &batch).await.unwrap();
+    let got: Vec<(&str, bool)> = out
+        .attempts
+        .iter()
+        .map(|x| (x.role.as_str(), x.granted))
+        .collect();
+    assert_eq!(got, [("x", true), ("scheduler", false)]);
+    ctx.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_renew_expire_semantics() {
+    let ctx = Ctx::new("lease").await;
+    let (a, b) = (ctx.backend("a").await, ctx.backend("b").await);
+    let (r, ns) = (role("billing"), &ctx.ns);
+    let (na, nb) = (node("node-a"), node("node-b"));
+
+    assert!(lock_one(&a, ns, &r).await);
+    let c1 = a.claim(ns, &r, &na, LEASE).await.unwrap();
+    assert_eq!((c1.term, c1.previous.clone()), (Term(1), None));
+    let (now, rows) = a.read(ns, std::slice::from_ref(&r)).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!((row.holder.as_str(), row.term), ("node-a", Term(1)));
+    assert_eq!(row.session, a.session_pid().map(i64::from));
+    assert!(row.lease_until > now + Duration::from_secs(8));
+
+    // Renew: only with the right holder and term.
+    let held = |t| {
+        vec![HeldLease {
+            role: r.clone(),
+            term: Term(t),
+        }]
+    };
+    let ok = a.renew(ns, &na, &held(1), LEASE).await.unwrap();
+    assert_eq!(ok.renewed, vec![r.clone()]);
+    let wrong_term = a.renew(ns, &na, &held(2), LEASE).await.unwrap();
+    assert!(wrong_term.renewed.is_empty());
+    let wrong_holder = a.renew(ns, &nb, &held(1), LEASE).await.unwrap();
+    assert!(wrong_holder.renewed.is_empty());
+    // Renew runs on the holder's session: another session cannot extend it.
+    let other_session = b.renew(ns, &na, &held(1), LEASE).await.unwrap();
+    assert!(other_session.renewed.is_empty());
+
+    // Expire ends the lease now; wrong term changes nothing.
+    a.expire(ns, &r, &na, Term(9)).await.unwrap();
+    let (_, rows) = a.read(ns, std::slice::from_ref(&r)).await.unwrap();
+    assert!(rows[0].lease_until > now + Duration::from_secs(8));
+    a.expire(ns, &r, &na, Term(1)).await.unwrap();
+    let (now2, rows) = a.read(ns, std::slice::from_ref(&r)).await.unwrap();
+    assert!(rows[0].expired_at(now2));
+
+    // Takeover: b gets the lock, sees a's expired row, claims term 2.
+    a.unlock(ns, &r).await.unwrap();
+    let out = b.try_lock(ns, std::slice::from_ref(&r)).await.unwrap();
+    assert!(out.attempts[0].granted);
+    let seen = out.attempts[0].lease.clone().unwrap();
+    assert_eq!((seen.holder.as_str(), seen.term), ("node-a", Term(1)));
+    assert!(seen.expired_at(out.db_now));
+    let c2 = b.claim(ns, &r, &nb, LEASE).await.unwrap();
+    assert_eq!(c2.term, Term(2));
+    assert_eq!(c2.previous.unwrap().holder, "node-a");
+    // The deposed holder can no longer renew or expire it.
+    assert!(
+        a.renew(ns, &na, &held(1), LEASE)
+            .await
+            .unwrap()
+            .renewed
+            .is_empty()
+    );
+    a.expire(ns, &r, &na, Term(1)).await.unwrap();
+    let listed = a.list(Some(ns)).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].holder.as_str(), listed[0].term),
+        ("node-b", Term(2))
+    );
+    assert!(!listed[0].expired_at(c2.db_now));
+    assert!(
+        a.list(None)
+            .await
+            .unwrap()
+            .iter()
+            .any(|l| l.namespace == *ns)
+    );
+
+    // Claiming without holding the lock is refused as lock loss.
+    let e = a.claim(ns, &r, &na, LEASE).await.unwrap_err();
+    assert!(e.is_session_lost(), "{e}");
+    ctx.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_is_validated_against_the_server() {
+    let ctx = Ctx::new("held").await;
+    let a = ctx.backend("a").await;
+    let ns = &ctx.ns;
+    let (r1, r2, r3) = (role("r1"), role("r2"), role("r3"));
+    let out = a.try_lock(ns, &[r1.clone(), r2.clone()]).await.unwrap();
+    assert!(out.attempts.iter().all(|x| x.granted));
+    let all = [r1.clone(), r2.clone(), r3.clone()];
+    assert_eq!(
+        a.held(ns, &all).await.unwrap(),
+        vec![r1.clone(), r2.clone()]
+    );
+    a.unlock(ns, &r2).await.unwrap();
+    assert_eq!(a.held(ns, &all).await.unwrap(), vec![r1.clone()]);
+    // Another namespace's keys are not ours.
+    let other = Namespace::new(format!("{}x", ctx.schema)).unwrap();
+    assert!(a.held(&other, &all).await.unwrap().is_empty());
+    // After reset, nothing is held (a fresh session).
+    let pid = a.session_pid().unwrap();
+    a.reset().await;
+    assert_eq!(a.session_pid(), None);
+    ctx.assert_lock_freed(AdvisoryKey::derive(ns, &r1)).await;
+    assert!(a.held(ns, &all).await.unwrap().is_empty());
+    assert_ne!(a.session_pid(), Some(pid));
+    a.ping().await.unwrap();
+    ctx.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_is_delivered_and_reconnect_says_maybe_missed() {
+    let ctx = Ctx::new("notify").await;
+    let (a, b) = (ctx.backend("a").await, ctx.backend("b").await);
+    let (r, ns) = (role("mailer"), &ctx.ns);
+    let mut sub = a.subscribe(ns).await.unwrap();
+    b.publish_release(ns, &r).await.unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev, NotifyEvent::Released(r.clone()));
+    // Another namespace's releases are not delivered.
+    let other = Namespace::new(format!("{}y", ctx.schema)).unwrap();
+    b.publish_release(&other, &r).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sub.recv())
+            .await
+            .is_err()
+    );
+
+    // Kill the listener: the next event is MaybeMissed, then it listens again.
+    let pid = ctx.pid_of_app(&format!("{}:listen", ctx.app("a"))).await;
+    ctx.terminate(pid).await;
+    let ev = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev, NotifyEvent::MaybeMissed);
+    b.publish_release(ns, &r).await.unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev, NotifyEvent::Released(r));
+    ctx.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_transactions_reject_stale_tokens() {
+    let ctx = Ctx::new("fenced").await;
+    let (a, b) = (ctx.backend("a").await, ctx.backend("b").await);
+    let (r, ns) = (role("ledger"), &ctx.ns);
+    let (na, nb) = (node("node-a"), node("node-b"));
+    let work = format!("\"{}\".work", ctx.schema);
+    ctx.admin
+        .batch_execute(&format!(
+            "CREATE TABLE {work} (id int8 PRIMARY KEY, by text)"
+        ))
+        .await
+        .unwrap();
+    let insert = format!("INSERT INTO {work} VALUES ($1, $2)");
+
+    // No lease row yet: stale.
+    let e = a.fenced(ns, &r, &na, Term(1)).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            FencedError::Stale {
+                current_term: None,
+                ..
+            }
+        ),
+        "{e}"
+    );
+
+    assert!(lock_one(&a, ns, &r).await);
+    let t1 = a.claim(ns, &r, &na, LEASE).await.unwrap().term;
+    let tx = a.fenced(ns, &r, &na, t1).await.unwrap();
+    tx.execute(&insert, &[&1_i64, &"a"]).await.unwrap();
+    tx.commit().await.unwrap();
+
+    // An open fenced transaction holds off a takeover until it ends.
+    let tx = a.fenced(ns, &r, &na, t1).await.unwrap();
+    tx.execute(&insert, &[&2_i64, &"a"]).await.unwrap();
+    a.unlock(ns, &r).await.unwrap();
+    assert!(lock_one(&b, ns, &r).await);
+    let b2 = b.clone();
+    let (ns2, r2, nb2) = (ns.clone(), r.clone(), nb.clone());
+    let claim = tokio::spawn(async move { b2.claim(&ns2, &r2, &nb2, LEASE).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !claim.is_finished(),
+        "claim must wait for the fenced transaction"
+    );
+    tx.commit().await.unwrap();
+    let t2 = claim.await.unwrap().unwrap().term;
+    assert_eq!(t2, Term(2));
+
+    // The deposed leader's token is now stale; the write never happens.
+    let e = a.fenced(ns, &r, &na, t1).await.unwrap_err();
+    match &e {
+        FencedError::Stale {
+            current_holder,
+            current_term,
+            ..
+        } => {
+            assert_eq!(current_holder.as_deref(), Some("node-b"));
+            assert_eq!(*current_term, Some(Term(2)));
+        }
+        other => panic!("expected Stale, got {other}"),
+    }
+    assert!(e.to_string().contains("stale fencing token 1"), "{e}");
+    // Right term, wrong holder: stale too.
+    assert!(matches!(
+        a.fenced(ns, &r, &na, t2).await,
+        Err(FencedError::Stale { .. })
+    ));
+    // A dropped (uncommitted) transaction writes nothing.
+    let tx = b.fenced(ns, &r, &nb, t2).await.unwrap();
+    tx.execute(&insert, &[&3_i64, &"b"]).await.unwrap();
+    drop(tx);
+    let tx = b.fenced(ns, &r, &nb, t2).await.unwrap();
+    let rows = tx
+        .query(&format!("SELECT id FROM {work} ORDER BY id"), &[])
+        .await
+        .unwrap();
+    let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, [1, 2]);
+    tx.rollback().await.unwrap();
+    ctx.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_session_is_reported_at_once_and_replaced() {
+    let ctx = Ctx::new("term").await;
+    let a = ctx.backend("a").await;
+    let (r, ns) = (role("scheduler"), &ctx.ns);
+    a.connect().await.unwrap();
+    assert!(lock_one(&a, ns, &r).await);
+    let pid = a.session_pid().unwrap();
+
+    let watcher = a.clone();
+    let closed = tokio::spawn(async move {
+        watcher.session_closed().await;
+        Instant::now()
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !closed.is_finished(),
+        "session_closed fired for a live session"
+    );
+    let t0 = Instant::now();
+    ctx.terminate(pid).await;
+    let at = tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("session_closed did not complete within 5 s")
+        .unwrap();
+    let latency = at.saturating_duration_since(t0);
+    eprintln!("session_closed latency after pg_terminate_backend: {latency:?}");
+    assert!(latency < Duration::from_secs(2), "took {latency:?}");
+    assert_eq!(a.session_pid(), None);
+
+    // Reported once: a new wait does not complete for the old session.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), a.session_closed())
+            .await
+            .is_err()
+    );
+    // The next call opens a fresh session (the loss was already reported).
+    assert!(lock_one(&a, ns, &r).await);
+    let pid2 = a.session_pid().unwrap();
+    assert_ne!(pid2, pid);
+    assert!(a.held(ns, std::slice::from_ref(&r)).await.unwrap() == vec![r.clone()]);
+
+    // With nobody waiting, the next call reports the loss, once.
+    ctx.terminate(pid2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let e = a.held(ns, std::slice::from_ref(&r)).await.unwrap_err();
+    assert!(matches!(e, BackendError::SessionLost { .. }), "{e}");
+    assert!(
+        a.held(ns, std::slice::from_ref(&r))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let pid3 = a.session_pid().unwrap();
+    assert!(pid3 != pid && pid3 != pid2);
+
+    // A session closed by reset() is not reported as closing by itself.
+    let watcher = a.clone();
+    let closed = tokio::spawn(async move { watcher.session_closed().await });
+    a.reset().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!closed.is_finished(), "session_closed fired for reset()");
+    // ...but the watcher does fire for the next session's end.
+    a.ping().await.unwrap();
+    ctx.terminate(a.session_pid().unwrap()).await;
+    tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("session_closed missed the next session")
+        .unwrap();
+    ctx.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_lock_leaks() {
+    let ctx = Ctx::new("leaks").await;
+    let ns = &ctx.ns;
+    let roles = [role("p"), role("q")];
+    let keys: Vec<AdvisoryKey> = roles.iter().map(|r| AdvisoryKey::derive(ns, r)).collect();
+    {
+        let a = ctx.backend("a").await;
+        let out = a.try_lock(ns, &roles).await.unwrap();
+        assert!(out.attempts.iter().all(|x| x.granted));
+        // Pool traffic meanwhile must not pick up any lock.
+        a.list(Some(ns)).await.unwrap();
+        a.reset().await;
+        for k in &keys {
+            ctx.assert_lock_freed(*k).await;
+        }
+        // Locks taken again, then the backend is dropped.
+        assert!(
+            a.try_lock(ns, &roles)
+                .await
+                .unwrap()
+                .attempts
+                .iter()
+                .all(|x| x.granted)
+        );
+    }
+    for k in &keys {
+        ctx.assert_lock_freed(*k).await;
+    }
+    // An abandoned call closes the session: nothing stays locked.
+    let b = ctx.backend("b").await;
+    assert!(lock_one(&b, ns, &roles[0]).await);
+    let _ = tokio::time::timeout(Duration::from_micros(1), b.try_lock(ns, &roles[1..])).await;
+    let after = b.held(ns, &roles).await;
+    if after.is_err() {
+        // The call was abandoned mid-statement: the session was closed.
+        for k in &keys {
+            ctx.assert_lock_freed(*k).await;
+        }
+    }
+    ctx.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_and_migrate() {
+    let ctx = Ctx::new("setup").await;
+    // Concurrent, repeated migrations of a fresh schema all succeed.
+    let fresh = format!("{}_m", ctx.schema);
+    let nodes: Vec<TokioPgBackend> = {
+        let mut v = Vec::new();
+        for i in 0..4 {
+            v.push(
+                TokioPgBackend::builder()
+                    .schema(&fresh)
+                    .application_name(&ctx.app(&format!("m{i}")))
+                    .connect(&ctx.url)
+                    .await
+                    .unwrap(),
+            );
+        }
+        v
+    };
+    let results =
+        futures_util::future::join_all(nodes.iter().map(|n| async move { n.migrate().await }))
+            .await;
+    for r in results {
+        r.unwrap();
+    }
+    nodes[0].migrate().await.unwrap();
+    nodes[0].connect().await.unwrap();
+
+    // A missing table is a clear, non-retryable error at connect().
+    let missing = TokioPgBackend::builder()
+        .schema("rtp_no_such_schema")
+        .connect(&ctx.url)
+        .await
+        .unwrap();
+    let e = missing.connect().await.unwrap_err();
+    assert!(!e.is_retryable(), "{e}");
+    assert!(e.to_string().contains("migrate"), "{e}");
+    // A bad URL is a setup error that says what is expected.
+    let e = TokioPgBackend::connect("postgres://[bad")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("postgres://"), "{e}");
+    let _ = ctx
+        .admin
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{fresh}\" CASCADE"))
+        .await;
+    ctx.drop_schema().await;
+}
+
+/// A `MakeTlsConnect` other than `NoTls` (it counts, then connects without
+/// TLS): the generic constructor accepts it and uses it for every
+/// connection — pool, session and listener.
+#[derive(Clone)]
+struct CountingTls(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> for CountingTls {
+    type Stream = tokio_postgres::tls::NoTlsStream;
+    type TlsConnect = tokio_postgres::NoTls;
+    type Error = tokio_postgres::tls::NoTlsError;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<Self::TlsConnect, Self::Error> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio_postgres::tls::MakeTlsConnect::<tokio_postgres::Socket>::make_tls_connect(
+            &mut tokio_postgres::NoTls,
+            domain,
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_tls_connector_is_accepted() {
+    let ctx = Ctx::new("tls").await;
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let a = TokioPgBackend::builder()
+        .tls(CountingTls(count.clone()))
+        .schema(&ctx.schema)
+        .application_name(&ctx.app("tls"))
+        .connect(&ctx.url)
+        .await
+        .unwrap();
+    let pool_only = count.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(pool_only >= 1);
+    assert!(lock_one(&a, &ctx.ns, &role("r")).await);
+    let _sub = a.subscribe(&ctx.ns).await.unwrap();
+    assert_eq!(
+        count.load(std::sync::atomic::Ordering::SeqCst),
+        pool_only + 2,
+        "session and listener must use the given connector"
+    );
+    ctx.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_timeout_applies_and_any_session_error_drops_the_locks() {
+    use regent_tokio_postgres::SessionSettings;
+    let ctx = Ctx::new("stmt").await;
+    let a = ctx.backend("a").await;
+    let ns = &ctx.ns;
+    let na = node("node-a");
+    for (i, how) in [
+        SessionSettings::StartupOptions,
+        SessionSettings::SetCommands,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = role(&format!("r{i}"));
+        let key = AdvisoryKey::derive(ns, &r);
+        let b = TokioPgBackend::builder()
+            .schema(&ctx.schema)
+            .application_name(&ctx.app(&format!("b{i}")))
+            .statement_timeout(Duration::from_millis(200))
+            .session_settings(how)
+            .connect(&ctx.url)
+            .await
+            .unwrap();
+        assert!(lock_one(&a, ns, &r).await);
+        let t = a.claim(ns, &r, &na, LEASE).await.unwrap().term;
+        // A fenced transaction holds the row FOR SHARE: b's claim must wait,
+        // and its statement timeout ends the wait.
+        let tx = a.fenced(ns, &r, &na, t).await.unwrap();
+        a.unlock(ns, &r).await.unwrap();
+        assert!(lock_one(&b, ns, &r).await);
+        let started = Instant::now();
+        let e = b.claim(ns, &r, &node("node-b"), LEASE).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2), "{how:?}");
+        assert!(e.is_session_lost(), "{how:?}: {e}");
+        assert!(e.to_string().contains("statement timeout"), "{how:?}: {e}");
+        // The session is gone, and with it b's lock.
+        assert_eq!(b.session_pid(), None);
+        ctx.assert_lock_freed(key).await;
+        tx.rollback().await.unwrap();
+    }
+    ctx.drop_schema().await;
+}

@@ -1,0 +1,244 @@
+//! The PostgreSQL protocol shared by both Postgres backends: schema DDL,
+//! statement text, advisory-lock key derivation, channel names and row
+//! helpers. Strings and pure functions only — no IO.
+//!
+//! # Parameters and results
+//!
+//! Every statement uses `$n` placeholders with explicit casts, so the same
+//! text works on sqlx and tokio-postgres. Times come back as `int8`
+//! microseconds since the Unix epoch (columns ending in `_us`), which map to
+//! [`DbTimestamp`](crate::DbTimestamp) without a date-time library. Lease
+//! columns are always named as in [`LeaseRow`]: `holder`, `term`,
+//! `backend_pid`, `acquired_us`, `renewed_us`, `until_us` (all `NULL` when a
+//! `LEFT JOIN` found no row).
+//!
+//! The connection-level statements ([`BACKEND_PID`], [`BEGIN`], [`COMMIT`],
+//! [`ROLLBACK`], [`listen`], [`set_commands`]) take no parameters; they are
+//! run with the simple query protocol.
+//!
+//! # Advisory-lock keys
+//!
+//! A role's lock is `pg_try_advisory_lock(ns_key, role_key)` — the two-`int4`
+//! form, which `pg_locks` shows with `objsubid = 2`, `classid = ns_key` and
+//! `objid = role_key` (as unsigned `oid`s). Each key is
+//! `fold(FNV-1a-64(utf8 bytes of the name))`, where FNV-1a 64 starts from
+//! the offset basis `0xcbf29ce484222325` and, for each byte, XORs the byte in
+//! and multiplies by the prime `0x100000001b3` (wrapping), and
+//! `fold(h) = ((h >> 32) ^ (h & 0xffff_ffff))` reinterpreted as a two's
+//! complement `i32`. The namespace key depends only on the namespace and the
+//! role key only on the role (advisory locks are database-wide: namespaces,
+//! not tables, isolate deployments). This is stable: it never changes between
+//! releases. Test vectors (see [`AdvisoryKey::derive`]):
+//!
+//! | name          | FNV-1a 64            | key (i32)     |
+//! |---------------|----------------------|---------------|
+//! | `""`          | `0xcbf29ce484222325` | `1339080641`  |
+//! | `"a"`         | `0xaf63dc4c8601ec8c` | `694300864`   |
+//! | `"default"`   | `0xebada5168620c5fe` | `1837981928`  |
+//! | `"scheduler"` | `0xa3e66bbb9ba9c7fa` | `944745537`   |
+//! | `"billing"`   | `0x4005570295afd25c` | `-710245026`  |
+//! | `"ünïcødé"`   | `0x7fe9369f83b596a0` | `-61038529`   |
+//!
+//! so the role `"scheduler"` in namespace `"default"` locks
+//! `pg_try_advisory_lock(1837981928, 944745537)`.
+
+use std::fmt;
+
+use thiserror::Error;
+
+mod keys;
+mod rows;
+mod statements;
+
+pub use keys::{AdvisoryKey, fnv1a64, fold32, migrate_lock_key, notify_channel};
+pub use rows::{LeaseRow, RowError, micros, term_from_db, term_to_db};
+pub use statements::{
+    BACKEND_PID, BEGIN, COMMIT, MODE_ALREADY_HELD, MODE_SKIP, MODE_TRY, PREEMPT_NOT_PERMITTED,
+    PREEMPT_NOT_ZOMBIE, PREEMPT_TERMINATED, ROLLBACK, Statements, listen, set_commands,
+};
+
+/// The default schema of the lease table.
+pub const DEFAULT_SCHEMA: &str = "public";
+/// The default name of the lease table.
+pub const DEFAULT_TABLE: &str = "regent_leases";
+
+/// SQLSTATE `42P01`: the table does not exist.
+pub const SQLSTATE_UNDEFINED_TABLE: &str = "42P01";
+/// SQLSTATE `3F000`: the schema does not exist.
+pub const SQLSTATE_INVALID_SCHEMA: &str = "3F000";
+/// SQLSTATE `42501`: insufficient privilege.
+pub const SQLSTATE_INSUFFICIENT_PRIVILEGE: &str = "42501";
+
+/// A schema or table name that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error(
+    "invalid {kind} name {name:?}: use 1 to 63 ASCII letters, digits and underscores, \
+     not starting with a digit"
+)]
+pub struct IdentError {
+    /// Which kind of identifier ("schema", "table").
+    pub kind: &'static str,
+    /// The rejected name.
+    pub name: String,
+}
+
+fn validate_ident(kind: &'static str, name: &str) -> Result<(), IdentError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    ok.then_some(()).ok_or_else(|| IdentError {
+        kind,
+        name: name.to_owned(),
+    })
+}
+
+/// Where the lease table lives: a validated schema and table name.
+///
+/// ```
+/// use regent_core::postgres::TableName;
+/// let t = TableName::new("ops", "Leases").unwrap();
+/// assert_eq!(t.qualified(), r#""ops"."Leases""#);
+/// assert!(TableName::new("ops", "x; drop table y").is_err());
+/// assert_eq!(TableName::default().qualified(), r#""public"."regent_leases""#);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TableName {
+    schema: String,
+    table: String,
+}
+
+impl TableName {
+    /// Validates both names (ASCII letters, digits, `_`; 1–63 bytes; no
+    /// leading digit). They are always quoted, so case is preserved.
+    pub fn new(schema: &str, table: &str) -> Result<Self, IdentError> {
+        validate_ident("schema", schema)?;
+        validate_ident("table", table)?;
+        Ok(Self {
+            schema: schema.to_owned(),
+            table: table.to_owned(),
+        })
+    }
+
+    /// The schema name, unquoted.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// The table name, unquoted.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// `"schema"."table"`, quoted, ready to splice into SQL.
+    pub fn qualified(&self) -> String {
+        format!("\"{}\".\"{}\"", self.schema, self.table)
+    }
+}
+
+impl Default for TableName {
+    fn default() -> Self {
+        Self {
+            schema: DEFAULT_SCHEMA.to_owned(),
+            table: DEFAULT_TABLE.to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.qualified())
+    }
+}
+
+/// The DDL statements that create the lease table, in order. The schema is
+/// created only when it is not `public` (creating `public` would need the
+/// `CREATE` privilege on the database even though it exists).
+pub fn ddl_statements(table: &TableName) -> Vec<String> {
+    let mut out = Vec::new();
+    if table.schema() != DEFAULT_SCHEMA {
+        out.push(format!(
+            "CREATE SCHEMA IF NOT EXISTS \"{}\"",
+            table.schema()
+        ));
+    }
+    out.push(format!(
+        "CREATE TABLE IF NOT EXISTS {} (\n    \
+         namespace    text        NOT NULL,\n    \
+         role         text        NOT NULL,\n    \
+         holder       text        NOT NULL,\n    \
+         term         bigint      NOT NULL CHECK (term > 0),\n    \
+         backend_pid  integer,\n    \
+         acquired_at  timestamptz NOT NULL,\n    \
+         renewed_at   timestamptz NOT NULL,\n    \
+         lease_until  timestamptz NOT NULL,\n    \
+         PRIMARY KEY (namespace, role)\n)",
+        table.qualified()
+    ));
+    out
+}
+
+/// [`ddl_statements`] as one script, as shipped in `sql/regent_leases.sql`
+/// for teams with their own migration tool.
+pub fn ddl_script(table: &TableName) -> String {
+    let mut s = String::from(
+        "-- regent lease table. Generated by regent_core::postgres::ddl_script;\n\
+         -- the same DDL that `regent migrate` / `migrate()` runs.\n",
+    );
+    for stmt in ddl_statements(table) {
+        s.push_str(&stmt);
+        s.push_str(";\n");
+    }
+    s
+}
+
+/// The error message when `pg_backend_pid()` changed between two round
+/// trips on one session: a transaction pooler is in front of the database.
+/// Returns `None` when the pids agree.
+pub fn transaction_pooling_error(first_pid: i32, second_pid: i32) -> Option<String> {
+    (first_pid != second_pid).then(|| {
+        format!(
+            "the database session changed between two statements (backend pid {first_pid} \
+             then {second_pid}): a connection pooler in transaction mode (PgBouncer \
+             `pool_mode=transaction`) is in front of PostgreSQL, which silently breaks \
+             session advisory locks. Use `pool_mode=session` for regent's connection, or \
+             connect to PostgreSQL directly"
+        )
+    })
+}
+
+/// The error message when the lease table (or its schema) is missing.
+pub fn missing_table_error(table: &TableName) -> String {
+    format!(
+        "the lease table {table} does not exist: run `regent migrate` (or call \
+         `migrate()` on the backend) once, or apply sql/regent_leases.sql with your \
+         migration tool"
+    )
+}
+
+/// The error message when the database role lacks privileges on the table.
+pub fn privilege_error(table: &TableName, detail: &str) -> String {
+    format!(
+        "permission denied on the lease table {table} ({detail}): grant SELECT, INSERT, \
+         UPDATE on it to the role regent connects as"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_messages() {
+        for bad in ["", "1a", "a-b", "a\"b", "ä", &"x".repeat(64)] {
+            assert_eq!(TableName::new("s", bad).unwrap_err().kind, "table");
+        }
+        assert_eq!(TableName::new("", "t").unwrap_err().kind, "schema");
+        assert_eq!(ddl_statements(&TableName::default()).len(), 1);
+        let custom = ddl_statements(&TableName::new("ops", "t").unwrap());
+        assert_eq!(custom[0], "CREATE SCHEMA IF NOT EXISTS \"ops\"");
+        assert_eq!(transaction_pooling_error(7, 7), None);
+        let e = transaction_pooling_error(7, 8).unwrap();
+        assert!(e.contains("pool_mode=transaction") && e.contains("pool_mode=session"));
+    }
+}

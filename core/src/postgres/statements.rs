@@ -1,0 +1,241 @@
+//! Statement text: the per-table protocol ([`Statements`]) and the
+//! connection-level statements both backends run.
+
+use super::TableName;
+
+/// `(extract(epoch FROM expr) * 1000000)::int8`: a timestamp as epoch µs.
+fn us(expr: &str) -> String {
+    format!("(extract(epoch FROM {expr}) * 1000000)::int8")
+}
+
+fn lease_cols(alias: &str) -> String {
+    format!(
+        "{a}.holder AS holder, {a}.term AS term, {a}.backend_pid AS backend_pid, \
+         {} AS acquired_us, {} AS renewed_us, {} AS until_us",
+        us(&format!("{alias}.acquired_at")),
+        us(&format!("{alias}.renewed_at")),
+        us(&format!("{alias}.lease_until")),
+        a = alias,
+    )
+}
+
+/// `try_lock` mode: call `pg_try_advisory_lock`.
+pub const MODE_TRY: i16 = 0;
+/// `try_lock` mode: the session already holds this key for this role;
+/// report granted without locking again (advisory locks are re-entrant).
+pub const MODE_ALREADY_HELD: i16 = 1;
+/// `try_lock` mode: do not try (the key is held, or tried in this batch,
+/// for another role whose key collides); report not granted.
+pub const MODE_SKIP: i16 = 2;
+
+/// `preempt` result: the holder's backend was terminated.
+pub const PREEMPT_TERMINATED: &str = "terminated";
+/// `preempt` result: the row or lock no longer describes that zombie.
+pub const PREEMPT_NOT_ZOMBIE: &str = "not_zombie";
+/// `preempt` result: the backend exists but could not be signalled.
+pub const PREEMPT_NOT_PERMITTED: &str = "not_permitted";
+
+/// Every statement of the protocol for one lease table. Parameters are
+/// listed per field; results are described by column name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statements {
+    /// `$1 ns text, $2 roles text[], $3 ns_keys int4[], $4 role_keys int4[],
+    /// $5 modes int2[]` ([`MODE_TRY`], ...) → one row per role in input
+    /// order: `role, granted bool,` lease columns, `db_now_us`. Empty
+    /// input → no rows (use [`Statements::now`]).
+    pub try_lock: String,
+    /// `$1 ns, $2 role, $3 holder text, $4 lease_us int8` → one row:
+    /// `new_term int8,` the previous row's lease columns (NULL if none),
+    /// `db_now_us`. Locks the row `FOR UPDATE` first, so it waits for
+    /// in-flight fenced transactions (`FOR SHARE`).
+    pub claim: String,
+    /// `$1 ns, $2 holder, $3 roles text[], $4 terms int8[], $5 lease_us` →
+    /// one row: `renewed text[], db_now_us`. Extends only rows naming this
+    /// holder, term and the session's own backend pid.
+    pub renew: String,
+    /// `$1 ns, $2 role, $3 holder, $4 term int8` → no rows. Ends the lease
+    /// now if holder and term match.
+    pub expire: String,
+    /// no parameters → `classid int8, objid int8` of every two-key advisory
+    /// lock the session holds in the current database.
+    pub held: String,
+    /// `$1 ns_key int4, $2 role_key int4` → `unlocked bool`.
+    pub unlock: String,
+    /// `$1 ns, $2 roles text[]` → at least one row: `db_now_us, role,`
+    /// lease columns; `role` is NULL in the single row when nothing matched.
+    pub read: String,
+    /// `$1 ns text or NULL for all` → `namespace, role,` lease columns.
+    pub list: String,
+    /// `$1 ns, $2 role, $3 holder, $4 term int8, $5 pid int4, $6 grace_us
+    /// int8, $7 ns_key int4, $8 role_key int4` → `outcome text`
+    /// ([`PREEMPT_TERMINATED`], ...). Terminates only if the row still names
+    /// that holder, term and pid, `lease_until + grace < now()`, and that pid
+    /// still holds the role's advisory lock (so a reused pid is never hit).
+    pub preempt: String,
+    /// `$1 ns, $2 role` → `holder, term` with the row locked `FOR SHARE`.
+    pub fenced: String,
+    /// no parameters → `db_now_us`.
+    pub now: String,
+    /// `$1 qualified table name text` → `present bool`.
+    pub table_exists: String,
+    /// `$1 channel text, $2 payload text` → one row (`pg_notify`).
+    pub notify: String,
+    /// `$1 key int8` → one row; `pg_advisory_xact_lock` for migrations.
+    pub migrate_lock: String,
+}
+
+const CURRENT_DB: &str = "(SELECT oid FROM pg_database WHERE datname = current_database())";
+
+impl Statements {
+    /// The statements for `table`.
+    pub fn new(table: &TableName) -> Self {
+        let t = table.qualified();
+        let now_us = us("now()");
+        let try_lock = format!(
+            "SELECT r.role AS role, \
+             CASE r.mode WHEN {MODE_TRY} THEN pg_try_advisory_lock(r.k1, r.k2) \
+             WHEN {MODE_ALREADY_HELD} THEN true ELSE false END AS granted, {}, {now_us} AS db_now_us \
+             FROM unnest($2::text[], $3::int4[], $4::int4[], $5::int2[]) \
+             WITH ORDINALITY AS r(role, k1, k2, mode, ord) \
+             LEFT JOIN {t} AS l ON l.namespace = $1::text AND l.role = r.role \
+             ORDER BY r.ord",
+            lease_cols("l")
+        );
+        let claim = format!(
+            "WITH prev AS (\
+             SELECT holder, term, backend_pid, acquired_at, renewed_at, lease_until \
+             FROM {t} WHERE namespace = $1::text AND role = $2::text FOR UPDATE), \
+             claimed AS (\
+             INSERT INTO {t} AS l \
+             (namespace, role, holder, term, backend_pid, acquired_at, renewed_at, lease_until) \
+             SELECT $1::text, $2::text, $3::text, coalesce((SELECT term FROM prev), 0) + 1, \
+             pg_backend_pid(), now(), now(), now() + $4::int8 * interval '1 microsecond' \
+             ON CONFLICT (namespace, role) DO UPDATE SET holder = excluded.holder, \
+             term = l.term + 1, backend_pid = excluded.backend_pid, \
+             acquired_at = excluded.acquired_at, renewed_at = excluded.renewed_at, \
+             lease_until = excluded.lease_until \
+             RETURNING l.term) \
+             SELECT c.term AS new_term, {}, {now_us} AS db_now_us \
+             FROM claimed AS c LEFT JOIN prev AS p ON true",
+            lease_cols("p")
+        );
+        let renew = format!(
+            "WITH renewed AS (\
+             UPDATE {t} AS l SET renewed_at = now(), \
+             lease_until = now() + $5::int8 * interval '1 microsecond' \
+             FROM unnest($3::text[], $4::int8[]) AS r(role, term) \
+             WHERE l.namespace = $1::text AND l.holder = $2::text AND l.role = r.role \
+             AND l.term = r.term AND l.backend_pid = pg_backend_pid() \
+             RETURNING l.role) \
+             SELECT coalesce(array_agg(role), ARRAY[]::text[]) AS renewed, {now_us} AS db_now_us \
+             FROM renewed"
+        );
+        let expire = format!(
+            "UPDATE {t} SET lease_until = least(lease_until, now()) \
+             WHERE namespace = $1::text AND role = $2::text AND holder = $3::text \
+             AND term = $4::int8"
+        );
+        let held = format!(
+            "SELECT classid::int8 AS classid, objid::int8 AS objid FROM pg_locks \
+             WHERE pid = pg_backend_pid() AND locktype = 'advisory' \
+             AND database = {CURRENT_DB} AND objsubid = 2 AND granted"
+        );
+        let read = format!(
+            "SELECT {now_us} AS db_now_us, l.role AS role, {} \
+             FROM (VALUES (1)) AS one(x) \
+             LEFT JOIN {t} AS l ON l.namespace = $1::text AND l.role = ANY($2::text[]) \
+             ORDER BY l.role",
+            lease_cols("l")
+        );
+        let list = format!(
+            "SELECT l.namespace AS namespace, l.role AS role, {} FROM {t} AS l \
+             WHERE $1::text IS NULL OR l.namespace = $1::text ORDER BY l.namespace, l.role",
+            lease_cols("l")
+        );
+        let preempt = format!(
+            "SELECT CASE \
+             WHEN NOT EXISTS (SELECT 1 FROM {t} WHERE namespace = $1::text AND role = $2::text \
+             AND holder = $3::text AND term = $4::int8 AND backend_pid = $5::int4 \
+             AND lease_until + $6::int8 * interval '1 microsecond' < now()) \
+             THEN '{PREEMPT_NOT_ZOMBIE}' \
+             WHEN NOT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $5::int4 \
+             AND locktype = 'advisory' AND database = {CURRENT_DB} AND objsubid = 2 \
+             AND granted AND classid = ($7::int4::int8 & 4294967295)::oid \
+             AND objid = ($8::int4::int8 & 4294967295)::oid) \
+             THEN '{PREEMPT_NOT_ZOMBIE}' \
+             WHEN pg_terminate_backend($5::int4) THEN '{PREEMPT_TERMINATED}' \
+             WHEN EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $5::int4) \
+             THEN '{PREEMPT_NOT_PERMITTED}' \
+             ELSE '{PREEMPT_NOT_ZOMBIE}' END AS outcome"
+        );
+        let fenced = format!(
+            "SELECT holder, term FROM {t} WHERE namespace = $1::text AND role = $2::text \
+             FOR SHARE"
+        );
+        Self {
+            try_lock,
+            claim,
+            renew,
+            expire,
+            held,
+            unlock: "SELECT pg_advisory_unlock($1::int4, $2::int4) AS unlocked".to_owned(),
+            read,
+            list,
+            preempt,
+            fenced,
+            now: format!("SELECT {now_us} AS db_now_us"),
+            table_exists: "SELECT to_regclass($1::text) IS NOT NULL AS present".to_owned(),
+            notify: "SELECT pg_notify($1::text, $2::text)".to_owned(),
+            migrate_lock: "SELECT pg_advisory_xact_lock($1::int8)".to_owned(),
+        }
+    }
+}
+
+/// `pg_backend_pid()` of the connection, as one `int4` column `pid`. Used for
+/// the transaction-pooling check at session start (two round trips of it,
+/// simple protocol; see
+/// [`transaction_pooling_error`](super::transaction_pooling_error)).
+pub const BACKEND_PID: &str = "SELECT pg_backend_pid() AS pid";
+
+/// Starts a fenced transaction (for a backend whose fenced transaction owns
+/// its pooled connection and so runs the transaction control statements
+/// itself).
+pub const BEGIN: &str = "BEGIN";
+/// Commits a fenced transaction.
+pub const COMMIT: &str = "COMMIT";
+/// Abandons a fenced transaction.
+pub const ROLLBACK: &str = "ROLLBACK";
+
+/// `LISTEN "<channel>"`, the channel quoted as an identifier (embedded `"`
+/// doubled). Channel names come from [`notify_channel`](super::notify_channel)
+/// and are at most 63 bytes. (sqlx's `PgListener` issues `LISTEN` itself;
+/// tokio-postgres has no listener type, so that backend runs this.)
+pub fn listen(channel: &str) -> String {
+    format!("LISTEN \"{}\"", channel.replace('"', "\"\""))
+}
+
+/// `SET name = value;` for each setting (values are integers in server
+/// units, so they need no quoting), for sessions that apply their settings
+/// with `SET` commands instead of startup options.
+pub fn set_commands(gucs: &[(&'static str, String)]) -> String {
+    gucs.iter()
+        .map(|(k, v)| format!("SET {k} = {v};"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_quotes_the_channel() {
+        assert_eq!(listen("regent:default"), "LISTEN \"regent:default\"");
+        assert_eq!(listen("regent:a\"b"), "LISTEN \"regent:a\"\"b\"");
+    }
+
+    #[test]
+    fn set_commands_join() {
+        let s = set_commands(&[("statement_timeout", "5000".into()), ("x", "1".into())]);
+        assert_eq!(s, "SET statement_timeout = 5000;SET x = 1;");
+    }
+}
