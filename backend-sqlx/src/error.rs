@@ -41,7 +41,7 @@ pub enum SetupError {
     /// `migrate()` failed.
     #[error(
         "creating the lease table {table} failed: {source}; the connecting role needs \
-         CREATE on the schema (or apply sql/regent_leases.sql as a privileged user)"
+         CREATE on the schema (or apply core/sql/regent_leases.sql from the regent sources as a privileged user)"
     )]
     Migrate {
         /// The table being created.

@@ -171,7 +171,7 @@ impl SqlxBackend {
     /// Idempotent, and safe when many processes run it at once: it runs in
     /// one transaction under `pg_advisory_xact_lock`. When the table already
     /// exists it does nothing, so it also works for a role without the
-    /// `CREATE` privilege. The same DDL ships as `sql/regent_leases.sql`.
+    /// `CREATE` privilege. The same DDL ships as `core/sql/regent_leases.sql` (regent-core).
     pub async fn migrate(&self) -> Result<(), SetupError> {
         let table = &self.inner.settings.table;
         let fail = |source| SetupError::Migrate {
@@ -202,21 +202,5 @@ impl SqlxBackend {
                 .map_err(fail)?;
         }
         tx.commit().await.map_err(fail)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use regent_core::postgres::{TableName, ddl_script};
-
-    #[test]
-    fn shipped_sql_file_matches_generated_ddl() {
-        let shipped = include_str!("../sql/regent_leases.sql");
-        assert_eq!(
-            shipped,
-            ddl_script(&TableName::default()),
-            "sql/regent_leases.sql is out of date: regenerate it from \
-             regent_core::postgres::ddl_script(&TableName::default())"
-        );
     }
 }

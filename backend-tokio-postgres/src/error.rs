@@ -45,7 +45,7 @@ pub enum SetupError {
     /// `migrate()` failed.
     #[error(
         "creating the lease table {table} failed: {}; the connecting role needs \
-         CREATE on the schema (or apply sql/regent_leases.sql as a privileged user)",
+         CREATE on the schema (or apply core/sql/regent_leases.sql from the regent sources as a privileged user)",
         describe(&**.source)
     )]
     Migrate {

@@ -221,7 +221,7 @@ impl TokioPgBackend {
     /// Creates the lease table (and its schema, unless `public`) if missing.
     /// Idempotent, and safe when many processes run it at once: it runs in
     /// one transaction under `pg_advisory_xact_lock`. The same DDL ships as
-    /// `sql/regent_leases.sql` of the sqlx backend and as
+    /// `core/sql/regent_leases.sql` of regent-core and as
     /// [`regent_core::postgres::ddl_script`].
     pub async fn migrate(&self) -> Result<(), SetupError> {
         let table = &self.inner.settings.table;

@@ -178,7 +178,7 @@ pub fn ddl_statements(table: &TableName) -> Vec<String> {
     out
 }
 
-/// [`ddl_statements`] as one script, as shipped in `sql/regent_leases.sql`
+/// [`ddl_statements`] as one script, as shipped in `core/sql/regent_leases.sql`
 /// for teams with their own migration tool.
 pub fn ddl_script(table: &TableName) -> String {
     let mut s = String::from(
@@ -211,7 +211,7 @@ pub fn transaction_pooling_error(first_pid: i32, second_pid: i32) -> Option<Stri
 pub fn missing_table_error(table: &TableName) -> String {
     format!(
         "the lease table {table} does not exist: run `regent migrate` (or call \
-         `migrate()` on the backend) once, or apply sql/regent_leases.sql with your \
+         `migrate()` on the backend) once, or apply core/sql/regent_leases.sql from the regent sources with your \
          migration tool"
     )
 }
@@ -227,6 +227,17 @@ pub fn privilege_error(table: &TableName, detail: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shipped_sql_file_matches_generated_ddl() {
+        let shipped = include_str!("../../sql/regent_leases.sql");
+        assert_eq!(
+            shipped,
+            ddl_script(&TableName::default()),
+            "core/sql/regent_leases.sql is out of date: regenerate it from \
+             regent_core::postgres::ddl_script(&TableName::default())"
+        );
+    }
 
     #[test]
     fn names_and_messages() {
