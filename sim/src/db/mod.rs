@@ -1,0 +1,355 @@
+//! A simulated PostgreSQL: the server clock, sessions with backend pids,
+//! session-bound re-entrant advisory locks, the lease table, a fenced
+//! resource, `pg_terminate_backend`, and restarts.
+//!
+//! It is a plain value with synchronous methods, usable on its own (for
+//! example by a future `SimBackend`): set the clock with [`SimDb::set_now`],
+//! then call statements on a session pid from [`SimDb::connect`]. Statements
+//! on a session that is gone fail with [`BackendError::SessionLost`], just as
+//! a real backend reports them; while the server is down every statement
+//! fails.
+
+mod fenced;
+mod lease;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use regent_core::{
+    BackendError, DbTimestamp, LeaseRecord, LockAttempt, Namespace, PreemptOutcome, Role,
+    TryLockOutcome,
+};
+
+pub use fenced::{FencedOutcome, FencedResource};
+
+/// A backend process id, as `pg_backend_pid()` returns it.
+pub type Pid = i64;
+
+/// The key of an advisory lock and of a lease row.
+pub type LockKey = (Namespace, Role);
+
+/// What the server says to `pg_terminate_backend` when preempting zombies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TerminatePrivilege {
+    /// The role has `pg_signal_backend`: zombies are terminated.
+    Permitted,
+    /// The role lacks it: preemption answers `NotPermitted`.
+    Denied,
+}
+
+/// One server-side session (a backend process).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The backend pid.
+    pub pid: Pid,
+    /// A label of the client that opened it (the node), for logs.
+    pub client: String,
+    /// When it was opened.
+    pub opened_at: DbTimestamp,
+}
+
+/// Why a session ended, for logs and coverage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionEnd {
+    /// The client closed it (or its socket closed).
+    ClientClosed,
+    /// TCP keepalives found the client gone.
+    KeepaliveTimeout,
+    /// `pg_terminate_backend` from an operator.
+    OperatorTerminated,
+    /// `pg_terminate_backend` from zombie preemption.
+    Preempted,
+    /// The server restarted.
+    ServerRestart,
+}
+
+/// The simulated server. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct SimDb {
+    now: DbTimestamp,
+    up: bool,
+    next_pid: Pid,
+    privilege: TerminatePrivilege,
+    sessions: BTreeMap<Pid, Session>,
+    /// Lock → (holding pid, re-entrancy count).
+    locks: BTreeMap<LockKey, (Pid, u32)>,
+    rows: BTreeMap<LockKey, LeaseRecord>,
+    fenced: BTreeMap<LockKey, FencedResource>,
+    /// Sessions that ended since the last [`SimDb::take_ended`].
+    ended: Vec<(Pid, SessionEnd)>,
+}
+
+fn lost(pid: Pid) -> BackendError {
+    BackendError::SessionLost {
+        reason: format!("backend {pid} is gone (connection closed)"),
+    }
+}
+
+impl SimDb {
+    /// A server that is up, with no sessions and an empty lease table.
+    pub fn new(now: DbTimestamp, privilege: TerminatePrivilege) -> Self {
+        Self {
+            now,
+            up: true,
+            next_pid: 1000,
+            privilege,
+            sessions: BTreeMap::new(),
+            locks: BTreeMap::new(),
+            rows: BTreeMap::new(),
+            fenced: BTreeMap::new(),
+            ended: Vec::new(),
+        }
+    }
+
+    /// Sets the server clock (`now()`); it never goes backwards.
+    pub fn set_now(&mut self, now: DbTimestamp) {
+        if now > self.now {
+            self.now = now;
+        }
+    }
+
+    /// The server clock.
+    pub fn now(&self) -> DbTimestamp {
+        self.now
+    }
+
+    /// Whether the server accepts connections and statements.
+    pub fn is_up(&self) -> bool {
+        self.up
+    }
+
+    /// Whether `pg_terminate_backend` is permitted for preemption.
+    pub fn privilege(&self) -> TerminatePrivilege {
+        self.privilege
+    }
+
+    /// Sets whether preemption is permitted.
+    pub fn set_privilege(&mut self, privilege: TerminatePrivilege) {
+        self.privilege = privilege;
+    }
+
+    /// The server goes down: every session and every advisory lock is gone;
+    /// lease rows stay.
+    pub fn stop(&mut self) {
+        self.up = false;
+        let pids: Vec<Pid> = self.sessions.keys().copied().collect();
+        for pid in pids {
+            self.end_session(pid, SessionEnd::ServerRestart);
+        }
+    }
+
+    /// The server is back up.
+    pub fn start(&mut self) {
+        self.up = true;
+    }
+
+    /// Opens a session for `client`.
+    ///
+    /// # Errors
+    /// [`BackendError::Transient`] while the server is down.
+    pub fn connect(&mut self, client: &str) -> Result<Pid, BackendError> {
+        if !self.up {
+            return Err(BackendError::Transient(
+                "connection refused: the database system is starting up".to_owned(),
+            ));
+        }
+        self.next_pid += 1;
+        let pid = self.next_pid;
+        self.sessions.insert(
+            pid,
+            Session {
+                pid,
+                client: client.to_owned(),
+                opened_at: self.now,
+            },
+        );
+        Ok(pid)
+    }
+
+    /// Whether session `pid` is alive.
+    pub fn is_alive(&self, pid: Pid) -> bool {
+        self.sessions.contains_key(&pid)
+    }
+
+    /// Every live session, by pid.
+    pub fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.values()
+    }
+
+    /// Ends session `pid` (client close, keepalive, termination); its locks
+    /// are released. Returns whether it was alive.
+    pub fn end_session(&mut self, pid: Pid, why: SessionEnd) -> bool {
+        if self.sessions.remove(&pid).is_none() {
+            return false;
+        }
+        self.locks.retain(|_, (holder, _)| *holder != pid);
+        self.ended.push((pid, why));
+        true
+    }
+
+    /// Sessions that ended since the last call, with the reason.
+    pub fn take_ended(&mut self) -> Vec<(Pid, SessionEnd)> {
+        std::mem::take(&mut self.ended)
+    }
+
+    fn session(&self, pid: Pid) -> Result<(), BackendError> {
+        if !self.up || !self.sessions.contains_key(&pid) {
+            return Err(lost(pid));
+        }
+        Ok(())
+    }
+
+    /// The pid holding `key`'s advisory lock and its re-entrancy count.
+    pub fn lock_holder(&self, key: &LockKey) -> Option<(Pid, u32)> {
+        self.locks.get(key).copied()
+    }
+
+    /// Whether session `pid` holds the lock of `(namespace, role)`.
+    pub fn holds(&self, pid: Pid, namespace: &Namespace, role: &Role) -> bool {
+        self.locks
+            .get(&(namespace.clone(), role.clone()))
+            .is_some_and(|(p, _)| *p == pid)
+    }
+
+    /// `pg_try_advisory_lock` for each role, plus a read of each role's row,
+    /// in one round trip. Re-entrant like PostgreSQL: a session that already
+    /// holds a lock gets it again and must unlock it twice.
+    ///
+    /// # Errors
+    /// [`BackendError::SessionLost`] if the session is gone.
+    pub fn try_lock(
+        &mut self,
+        pid: Pid,
+        namespace: &Namespace,
+        roles: &[Role],
+    ) -> Result<TryLockOutcome, BackendError> {
+        self.session(pid)?;
+        let mut attempts = Vec::with_capacity(roles.len());
+        for role in roles {
+            let key = (namespace.clone(), role.clone());
+            let granted = match self.locks.get_mut(&key) {
+                None => {
+                    self.locks.insert(key.clone(), (pid, 1));
+                    true
+                }
+                Some((holder, count)) if *holder == pid => {
+                    *count += 1;
+                    true
+                }
+                Some(_) => false,
+            };
+            attempts.push(LockAttempt {
+                role: role.clone(),
+                granted,
+                lease: self.rows.get(&key).cloned(),
+            });
+        }
+        Ok(TryLockOutcome {
+            db_now: self.now,
+            attempts,
+        })
+    }
+
+    /// `pg_advisory_unlock`: releases one level of the lock if `pid` holds
+    /// it; returns whether it did.
+    ///
+    /// # Errors
+    /// [`BackendError::SessionLost`] if the session is gone.
+    pub fn unlock(
+        &mut self,
+        pid: Pid,
+        namespace: &Namespace,
+        role: &Role,
+    ) -> Result<bool, BackendError> {
+        self.session(pid)?;
+        let key = (namespace.clone(), role.clone());
+        match self.locks.get_mut(&key) {
+            Some((holder, count)) if *holder == pid => {
+                *count -= 1;
+                if *count == 0 {
+                    self.locks.remove(&key);
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Which of `roles` session `pid` holds (the `pg_locks` query).
+    ///
+    /// # Errors
+    /// [`BackendError::SessionLost`] if the session is gone.
+    pub fn held(
+        &self,
+        pid: Pid,
+        namespace: &Namespace,
+        roles: &[Role],
+    ) -> Result<Vec<Role>, BackendError> {
+        self.session(pid)?;
+        Ok(roles
+            .iter()
+            .filter(|r| self.holds(pid, namespace, r))
+            .cloned()
+            .collect())
+    }
+
+    /// `SELECT 1` on the session.
+    ///
+    /// # Errors
+    /// [`BackendError::SessionLost`] if the session is gone.
+    pub fn ping(&self, pid: Pid) -> Result<(), BackendError> {
+        self.session(pid)
+    }
+
+    /// Zombie preemption, run on session `pid`, as the shared SQL does it:
+    /// terminates backend `lease.session`, but only if the row still names
+    /// `lease.holder`, `lease.term` and that pid, that lease ended more than
+    /// `grace` ago on the server clock, and that pid still holds the role's
+    /// advisory lock (so a reused pid is never hit).
+    ///
+    /// A session that took the lock but never committed its claim is not in
+    /// the row, so it cannot be preempted this way.
+    ///
+    /// # Errors
+    /// [`BackendError::SessionLost`] if the calling session is gone.
+    pub fn preempt(
+        &mut self,
+        pid: Pid,
+        lease: &LeaseRecord,
+        grace: Duration,
+    ) -> Result<PreemptOutcome, BackendError> {
+        self.session(pid)?;
+        let key = (lease.namespace.clone(), lease.role.clone());
+        let Some(target) = lease.session else {
+            return Ok(PreemptOutcome::NotZombie);
+        };
+        let row_matches = self.rows.get(&key).is_some_and(|row| {
+            row.holder == lease.holder
+                && row.term == lease.term
+                && row.session == Some(target)
+                && self.now > row.lease_until + grace
+        });
+        let holds = self.locks.get(&key).is_some_and(|(p, _)| *p == target);
+        if !row_matches || !holds {
+            return Ok(PreemptOutcome::NotZombie);
+        }
+        if self.privilege == TerminatePrivilege::Denied {
+            return Ok(PreemptOutcome::NotPermitted);
+        }
+        self.end_session(target, SessionEnd::Preempted);
+        Ok(PreemptOutcome::Terminated)
+    }
+
+    /// The fenced resource of `(namespace, role)`, if anything was written.
+    pub fn fenced(&self, key: &LockKey) -> Option<&FencedResource> {
+        self.fenced.get(key)
+    }
+
+    /// The lease row of `(namespace, role)`.
+    pub fn row(&self, key: &LockKey) -> Option<&LeaseRecord> {
+        self.rows.get(key)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,161 @@
+//! Invariants, one per module, checked after every step of the world.
+//!
+//! | module | kind | protects |
+//! |---|---|---|
+//! | [`one_leader`] | always | at most one node believes it leads a role at any true instant (`WaitForLease`) |
+//! | [`lease_covers`] | always | a node believes it leads only while the database runs a lease of its term |
+//! | [`fencing`] | always | the fenced resource never accepts a token older than one it accepted |
+//! | [`terms`] | always | terms strictly increase per role: in the table, and in the order leaders start |
+//! | [`no_reentry`] | always | a session never takes a lock it already holds (one unlock would leak it) |
+//! | [`command_contract`] | always | the machine keeps its driver contract: one command per kind / per role's lock in flight |
+//! | [`notify_order`] | always | a release is announced only after its lock is free |
+//! | [`liveness`] | eventually | after every fault heals, every role is led within a bound |
+//!
+//! "Sometimes" coverage is counted in [`crate::SimReport::coverage`].
+
+pub mod command_contract;
+pub mod fencing;
+pub mod lease_covers;
+pub mod liveness;
+pub mod no_reentry;
+pub mod notify_order;
+pub mod one_leader;
+pub mod terms;
+
+use std::time::Duration;
+
+use regent_core::{DbTimestamp, TakeoverPolicy, Term};
+
+use crate::report::{Coverage, Violation};
+use crate::time::SimTime;
+
+/// Every invariant's state, fed by the world.
+#[derive(Debug)]
+pub(crate) struct Checker {
+    pub(crate) one_leader: one_leader::OneLeader,
+    pub(crate) lease_covers: lease_covers::LeaseCovers,
+    pub(crate) fencing: fencing::Fencing,
+    pub(crate) terms: terms::Terms,
+    pub(crate) notify: notify_order::NotifyOrder,
+    pub(crate) reentry: no_reentry::NoReentry,
+    pub(crate) contract: Option<command_contract::CommandContract>,
+    pub(crate) liveness: liveness::Liveness,
+    pub(crate) violations: Vec<Violation>,
+}
+
+impl Checker {
+    pub(crate) fn new(
+        nodes: usize,
+        roles: usize,
+        policy: TakeoverPolicy,
+        bound: Duration,
+        real_machine: bool,
+    ) -> Self {
+        Self {
+            one_leader: one_leader::OneLeader::new(roles, policy),
+            lease_covers: lease_covers::LeaseCovers::new(roles),
+            fencing: fencing::Fencing::new(roles),
+            terms: terms::Terms::new(roles, policy),
+            notify: notify_order::NotifyOrder,
+            reentry: no_reentry::NoReentry,
+            contract: real_machine.then(|| command_contract::CommandContract::new(nodes)),
+            liveness: liveness::Liveness::new(roles, bound),
+            violations: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, v: Option<Violation>) {
+        if let Some(v) = v {
+            self.violations.push(v);
+        }
+    }
+
+    /// After every step: who believes it leads each role right now, with
+    /// the term each believes it holds.
+    pub(crate) fn on_step(
+        &mut self,
+        at: SimTime,
+        db_now: DbTimestamp,
+        leaders: &[Vec<usize>],
+        terms: &[Vec<Option<Term>>],
+        cov: &mut Coverage,
+    ) {
+        let v = self.one_leader.check(at, leaders, cov);
+        self.push(v);
+        for (role, (who, terms)) in leaders.iter().zip(terms).enumerate() {
+            for (&node, &term) in who.iter().zip(terms) {
+                let v = self.lease_covers.check(at, db_now, node, role, term);
+                if v.is_some() {
+                    self.push(v);
+                    break;
+                }
+            }
+        }
+        self.liveness.observe(at, leaders);
+    }
+
+    pub(crate) fn on_claim(&mut self, at: SimTime, node: usize, role: usize, term: Term) {
+        let v = self.terms.on_claim(at, node, role, term);
+        self.push(v);
+    }
+
+    pub(crate) fn on_started_leading(&mut self, at: SimTime, node: usize, role: usize, term: Term) {
+        let v = self.terms.on_started(at, node, role, term);
+        self.push(v);
+    }
+
+    pub(crate) fn on_fenced_accept(&mut self, at: SimTime, node: usize, role: usize, token: Term) {
+        let v = self.fencing.on_accept(at, node, role, token);
+        self.push(v);
+    }
+
+    pub(crate) fn on_publish(&mut self, at: SimTime, node: usize, role: usize, still_locked: bool) {
+        let v = self.notify.on_publish(at, node, role, still_locked);
+        self.push(v);
+    }
+
+    pub(crate) fn on_try_lock(&mut self, at: SimTime, node: usize, role: usize, held: bool) {
+        let v = self.reentry.on_try_lock(at, node, role, held);
+        self.push(v);
+    }
+
+    /// A command leaves node `node` (see [`command_contract`]).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn on_send(
+        &mut self,
+        at: SimTime,
+        node: usize,
+        id: u64,
+        kind: &'static str,
+        roles: Vec<usize>,
+        now: regent_core::LocalInstant,
+        expires: regent_core::LocalInstant,
+        cov: &mut Coverage,
+    ) {
+        if let Some(c) = self.contract.as_mut() {
+            let v = c.on_send(at, node, id, kind, roles, now, expires, cov);
+            self.push(v);
+        }
+    }
+
+    pub(crate) fn on_result(&mut self, node: usize, id: u64) {
+        if let Some(c) = self.contract.as_mut() {
+            c.on_result(node, id);
+        }
+    }
+
+    pub(crate) fn on_restart(&mut self, node: usize) {
+        if let Some(c) = self.contract.as_mut() {
+            c.on_restart(node);
+        }
+    }
+
+    pub(crate) fn on_heal(&mut self, at: SimTime) {
+        self.liveness.heal(at);
+    }
+
+    pub(crate) fn on_liveness_deadline(&mut self, at: SimTime) {
+        let v = self.liveness.deadline(at);
+        self.push(v);
+    }
+}

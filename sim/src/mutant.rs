@@ -1,0 +1,310 @@
+//! Deliberately broken variants of the machine, as wrappers around the real
+//! [`Machine`]: the simulator must catch every one of them, which is how we
+//! know it has teeth. The wrappers change only what crosses the machine's
+//! boundary (results in, commands out, `is_leader`), never its code.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use regent_core::{
+    Command, CommandId, CommandOutput, CommandResult, DbTimestamp, Event, HeldLease, LocalInstant,
+    Machine, RenewOutcome, Role, RoleState, Term,
+};
+
+use crate::config::ParseError;
+
+/// A deliberately broken machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Mutant {
+    /// Turns every failed (or timed-out) renewal into a success: the node
+    /// stays leader whatever the database says.
+    StaysLeaderOnDbError,
+    /// Publishes the release notification when `Release` is issued, before
+    /// the lock is actually free.
+    NotifiesBeforeUnlock,
+    /// Uses the node's wall clock instead of the database clock for lease
+    /// expiry (replaces `db_now` in every result).
+    TrustsWallClock,
+    /// Forgets the previous holder's lease on claim, so it never waits it
+    /// out.
+    SkipsLeaseWait,
+    /// `is_leader` ignores the local deadline.
+    IgnoresDeadline,
+}
+
+impl Mutant {
+    /// Every mutant.
+    pub const ALL: [Mutant; 5] = [
+        Mutant::StaysLeaderOnDbError,
+        Mutant::NotifiesBeforeUnlock,
+        Mutant::TrustsWallClock,
+        Mutant::SkipsLeaseWait,
+        Mutant::IgnoresDeadline,
+    ];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mutant::StaysLeaderOnDbError => "stays-leader-on-db-error",
+            Mutant::NotifiesBeforeUnlock => "notifies-before-unlock",
+            Mutant::TrustsWallClock => "trusts-wall-clock",
+            Mutant::SkipsLeaseWait => "skips-lease-wait",
+            Mutant::IgnoresDeadline => "ignores-deadline",
+        }
+    }
+}
+
+impl fmt::Display for Mutant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Mutant {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Mutant::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| ParseError {
+                what: "mutant",
+                got: s.to_owned(),
+                expected: Mutant::ALL.map(Mutant::name).join(", "),
+            })
+    }
+}
+
+/// What a node's clocks read when an input is handed to the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ctx {
+    /// The node's monotonic clock.
+    pub(crate) now: LocalInstant,
+    /// The node's wall clock (only the wall-clock mutant reads it).
+    pub(crate) wall: DbTimestamp,
+}
+
+/// Fake command ids of the notify mutant start here, far above the
+/// machine's own.
+const FAKE_ID_BASE: u64 = 1 << 62;
+
+/// The machine under test: the real [`Machine`], optionally wrapped by a
+/// [`Mutant`].
+pub(crate) struct Subject {
+    inner: Machine,
+    mutant: Option<Mutant>,
+    attempt_timeout: Duration,
+    /// Renewals in flight and when the machine would time them out.
+    renews: BTreeMap<CommandId, (Vec<HeldLease>, LocalInstant)>,
+    queued: VecDeque<Command>,
+    fake: BTreeSet<CommandId>,
+    next_fake: u64,
+    last_now: LocalInstant,
+}
+
+impl Subject {
+    pub(crate) fn new(inner: Machine, mutant: Option<Mutant>) -> Self {
+        let attempt_timeout = inner.config().attempt_timeout();
+        Self {
+            inner,
+            mutant,
+            attempt_timeout,
+            renews: BTreeMap::new(),
+            queued: VecDeque::new(),
+            fake: BTreeSet::new(),
+            next_fake: FAKE_ID_BASE,
+            last_now: LocalInstant::ZERO,
+        }
+    }
+
+    /// Mutant (a): a renewal about to time out "succeeds" just before.
+    fn fake_renewals(&mut self, ctx: Ctx) {
+        if self.mutant != Some(Mutant::StaysLeaderOnDbError) {
+            return;
+        }
+        let margin = Duration::from_millis(1);
+        let due: Vec<CommandId> = self
+            .renews
+            .iter()
+            .filter(|(_, (_, expires))| *expires - margin <= ctx.now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some((leases, expires)) = self.renews.remove(&id) {
+                let at = ctx.now.min(expires - margin);
+                let out = fake_renew(&leases, ctx.wall);
+                self.inner.handle_result(at, id, Ok(out));
+            }
+        }
+    }
+
+    fn before(&mut self, ctx: Ctx) {
+        self.fake_renewals(ctx);
+        self.last_now = ctx.now;
+    }
+
+    pub(crate) fn add_role(&mut self, ctx: Ctx, role: Role) {
+        self.before(ctx);
+        self.inner.add_role(ctx.now, role);
+    }
+
+    pub(crate) fn handle_timeout(&mut self, ctx: Ctx) {
+        self.before(ctx);
+        self.inner.handle_timeout(ctx.now);
+    }
+
+    pub(crate) fn handle_release_notified(&mut self, ctx: Ctx, role: &Role) {
+        self.before(ctx);
+        self.inner.handle_release_notified(ctx.now, role);
+    }
+
+    pub(crate) fn handle_notify_gap(&mut self, ctx: Ctx) {
+        self.before(ctx);
+        self.inner.handle_notify_gap(ctx.now);
+    }
+
+    pub(crate) fn handle_session_lost(&mut self, ctx: Ctx, reason: &str) {
+        self.before(ctx);
+        self.inner.handle_session_lost(ctx.now, reason);
+    }
+
+    pub(crate) fn handle_resign(&mut self, ctx: Ctx, role: &Role) {
+        self.before(ctx);
+        self.inner.handle_resign(ctx.now, role);
+    }
+
+    pub(crate) fn handle_stop(&mut self, ctx: Ctx, role: &Role) {
+        self.before(ctx);
+        self.inner.handle_stop(ctx.now, role);
+    }
+
+    pub(crate) fn handle_shutdown(&mut self, ctx: Ctx) {
+        self.before(ctx);
+        self.inner.handle_shutdown(ctx.now);
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.inner.is_stopped()
+    }
+
+    pub(crate) fn handle_drained(&mut self, ctx: Ctx, role: &Role) {
+        self.before(ctx);
+        self.inner.handle_drained(ctx.now, role);
+    }
+
+    pub(crate) fn handle_result(&mut self, ctx: Ctx, id: CommandId, result: CommandResult) {
+        self.before(ctx);
+        if self.fake.remove(&id) {
+            return;
+        }
+        let renew = self.renews.remove(&id);
+        let result = match (self.mutant, result) {
+            (Some(Mutant::StaysLeaderOnDbError), Err(e)) => match renew {
+                Some((leases, _)) => Ok(fake_renew(&leases, ctx.wall)),
+                None => Err(e),
+            },
+            (Some(Mutant::TrustsWallClock), Ok(out)) => Ok(with_wall_clock(out, ctx.wall)),
+            (Some(Mutant::SkipsLeaseWait), Ok(CommandOutput::Claim(mut out))) => {
+                out.previous = None;
+                Ok(CommandOutput::Claim(out))
+            }
+            (_, result) => result,
+        };
+        self.inner.handle_result(ctx.now, id, result);
+    }
+
+    pub(crate) fn poll_command(&mut self) -> Option<Command> {
+        if let Some(c) = self.queued.pop_front() {
+            return Some(c);
+        }
+        let command = self.inner.poll_command()?;
+        match (&command, self.mutant) {
+            (Command::Renew { id, leases }, Some(Mutant::StaysLeaderOnDbError)) => {
+                let expires = self.last_now + self.attempt_timeout;
+                self.renews.insert(*id, (leases.clone(), expires));
+                Some(command)
+            }
+            (Command::Release { role, .. }, Some(Mutant::NotifiesBeforeUnlock)) => {
+                self.next_fake += 1;
+                let id = CommandId(self.next_fake);
+                self.fake.insert(id);
+                let notify = Command::Notify {
+                    id,
+                    role: role.clone(),
+                };
+                self.queued.push_back(command);
+                Some(notify)
+            }
+            _ => Some(command),
+        }
+    }
+
+    pub(crate) fn poll_event(&mut self) -> Option<Event> {
+        self.inner.poll_event()
+    }
+
+    pub(crate) fn poll_timeout(&self) -> Option<LocalInstant> {
+        let inner = self.inner.poll_timeout();
+        let margin = Duration::from_millis(1);
+        self.renews
+            .values()
+            .map(|(_, e)| *e - margin)
+            .chain(inner)
+            .min()
+    }
+
+    pub(crate) fn is_leader(&self, role: &Role, now: LocalInstant) -> bool {
+        if self.mutant == Some(Mutant::IgnoresDeadline) {
+            return matches!(
+                self.inner.state(role),
+                Some(RoleState::Leader { .. } | RoleState::Suspect { .. })
+            );
+        }
+        self.inner.is_leader(role, now)
+    }
+
+    /// Until when (exclusive) `is_leader(role, ·)` stays true if no input
+    /// arrives, given that it is true now: the machine's local deadline, or
+    /// forever for the mutant that ignores it. Only a hint for the world's
+    /// cache; `is_leader` stays the authority.
+    pub(crate) fn belief_until(&self, role: &Role) -> LocalInstant {
+        if self.mutant == Some(Mutant::IgnoresDeadline) {
+            return LocalInstant::from_nanos(u64::MAX);
+        }
+        self.inner.deadline(role).unwrap_or(LocalInstant::ZERO)
+    }
+
+    pub(crate) fn state(&self, role: &Role) -> Option<RoleState> {
+        self.inner.state(role)
+    }
+
+    pub(crate) fn term(&self, role: &Role) -> Option<Term> {
+        self.inner.term(role)
+    }
+}
+
+fn fake_renew(leases: &[HeldLease], wall: DbTimestamp) -> CommandOutput {
+    CommandOutput::Renew(RenewOutcome {
+        db_now: wall,
+        renewed: leases.iter().map(|l| l.role.clone()).collect(),
+    })
+}
+
+fn with_wall_clock(out: CommandOutput, wall: DbTimestamp) -> CommandOutput {
+    match out {
+        CommandOutput::TryLock(mut o) => {
+            o.db_now = wall;
+            CommandOutput::TryLock(o)
+        }
+        CommandOutput::Claim(mut o) => {
+            o.db_now = wall;
+            CommandOutput::Claim(o)
+        }
+        CommandOutput::Renew(mut o) => {
+            o.db_now = wall;
+            CommandOutput::Renew(o)
+        }
+        other => other,
+    }
+}

@@ -1,0 +1,201 @@
+//! Watching the machines: their events, who believes it leads after every
+//! step, and coverage.
+
+use std::time::Duration;
+
+use regent_core::{Event, StepDownReason};
+
+use super::{Ev, World};
+use crate::timeline::Tag;
+
+impl World {
+    pub(super) fn on_machine_event(&mut self, n: usize, e: Event) {
+        let now = self.now;
+        match e {
+            Event::StartedLeading { role, term, .. } => {
+                let Some(r) = self.role_ix(&role) else { return };
+                self.log(n, "started_leading", Some(r), term.0, 0);
+                self.count("started_leading");
+                self.checker.on_started_leading(now, n, r, term);
+                if std::mem::take(&mut self.nodes[n].elect_waiting[r]) {
+                    self.count("elect_waited_out_lease");
+                }
+                let recent = self.nodes[n].notified_at[r]
+                    .is_some_and(|t| now.saturating_since(t) < Duration::from_secs(1));
+                if recent {
+                    self.count("handover_via_notification");
+                }
+                if let Some((t, by)) = self.released[r].take()
+                    && by != n
+                {
+                    let d = now.saturating_since(t);
+                    self.count(if d < Duration::from_millis(50) {
+                        "graceful_handover_under_50ms"
+                    } else if d < Duration::from_secs(2) {
+                        "graceful_handover_50ms_to_2s"
+                    } else {
+                        "graceful_handover_over_2s"
+                    });
+                }
+            }
+            Event::StoppedLeading { role, term, reason } => {
+                let r = self.role_ix(&role);
+                self.log(n, "stopped_leading", r, term.0, 0);
+                self.count(match reason {
+                    StepDownReason::Resigned => "stepped_down_resigned",
+                    StepDownReason::Shutdown => "stepped_down_shutdown",
+                    StepDownReason::DeadlineExpired => "stepped_down_at_deadline",
+                    StepDownReason::LockLost => "stepped_down_lock_lost",
+                    StepDownReason::LeaseLost => "stepped_down_lease_lost",
+                });
+            }
+            Event::DrainRequested { role } => {
+                let Some(r) = self.role_ix(&role) else { return };
+                let inc = self.nodes[n].inc;
+                // Usually the work drains quickly; sometimes it hangs and
+                // the drain timeout has to end it.
+                if self.rng.chance(0.9) {
+                    let d = self.rng.between(Duration::ZERO, Duration::from_millis(300));
+                    self.after(
+                        d,
+                        Ev::Drained {
+                            node: n,
+                            inc,
+                            role: r,
+                        },
+                    );
+                } else {
+                    self.count("drain_hung");
+                }
+            }
+            Event::LeadershipAtRisk { role, .. } => {
+                let r = self.role_ix(&role);
+                self.log(n, "leadership_at_risk", r, 0, 0);
+                self.count("leadership_at_risk");
+            }
+            Event::LeadershipRecovered { role } => {
+                let r = self.role_ix(&role);
+                self.log(n, "leadership_recovered", r, 0, 0);
+                self.count("leadership_recovered");
+            }
+            Event::ZombiePreempted { role, .. } => {
+                let r = self.role_ix(&role);
+                self.log(n, "zombie_preempted", r, 0, 0);
+                self.count("zombie_preempted");
+            }
+            Event::PreemptNotPermitted { role } => {
+                let r = self.role_ix(&role);
+                self.log(n, "preempt_not_permitted", r, 0, 0);
+                self.count("preempt_not_permitted");
+            }
+            Event::SessionLost { .. } => {
+                self.log(n, "session_lost", None, 0, 0);
+                self.count("session_lost_seen_by_machine");
+            }
+            Event::CommandFailed { command, .. } => {
+                self.log(n, "command_failed", None, 0, 0);
+                self.count(match command {
+                    "renew" => "renew_failed",
+                    "driver" => "driver_protocol_error",
+                    _ => "command_failed",
+                });
+            }
+            Event::LeaderObserved { .. }
+            | Event::DeadlineExtended { .. }
+            | Event::RoleStopped { .. } => {}
+        }
+    }
+
+    /// Refreshes node `n`'s cached beliefs if it had input or a belief may
+    /// have run out.
+    fn refresh_beliefs(&mut self, n: usize) {
+        let local = self.nodes[n].clock.local(self.now);
+        let node = &mut self.nodes[n];
+        let stale = node.dirty
+            || node
+                .belief
+                .iter()
+                .any(|b| b.is_some_and(|(_, until)| local >= until));
+        if !stale {
+            return;
+        }
+        node.dirty = false;
+        for (r, role) in self.roles.iter().enumerate() {
+            node.belief[r] = match node.subject.as_ref() {
+                Some(s) if s.is_leader(role, local) => Some((s.term(role), s.belief_until(role))),
+                _ => None,
+            };
+        }
+    }
+
+    /// After every step: who believes it leads, the timeline, the checks.
+    pub(super) fn after_step(&mut self) {
+        self.sessions_ended();
+        let now = self.now;
+        for n in 0..self.nodes.len() {
+            self.refresh_beliefs(n);
+        }
+        for r in 0..self.roles.len() {
+            let same = {
+                let mut believers = self
+                    .nodes
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, n)| n.belief[r].map(|(t, _)| (i, t)));
+                let mut k = 0;
+                let mut same = true;
+                for (i, t) in &mut believers {
+                    if self.leaders[r].get(k) != Some(&i) || self.terms[r].get(k) != Some(&t) {
+                        same = false;
+                        break;
+                    }
+                    k += 1;
+                }
+                same && k == self.leaders[r].len()
+            };
+            if same {
+                continue;
+            }
+            let mut who = Vec::new();
+            let mut terms = Vec::new();
+            for (i, node) in self.nodes.iter().enumerate() {
+                if let Some((term, _)) = node.belief[r] {
+                    who.push(i);
+                    terms.push(term);
+                }
+            }
+            if who != self.leaders[r] {
+                for k in 0..self.leaders[r].len() {
+                    let i = self.leaders[r][k];
+                    if !who.contains(&i) {
+                        self.timeline.close(i, Tag::Leading(r), now);
+                        if let Some(t) = self.nodes[i].terminated_while_leading[r].take() {
+                            // DESIGN §6: a leader whose backend is terminated
+                            // steps down within one validate interval (plus
+                            // 100 ms for the round trip); late only when the
+                            // network is faulty too.
+                            let bound =
+                                self.machine_cfg.validate_interval() + Duration::from_millis(100);
+                            self.count(if now.saturating_since(t) <= bound {
+                                "terminated_leader_stepped_down_in_time"
+                            } else {
+                                "terminated_leader_stepped_down_late"
+                            });
+                        }
+                    }
+                }
+                for (k, &i) in who.iter().enumerate() {
+                    if !self.leaders[r].contains(&i) {
+                        let term = terms[k].map_or(0, |t| t.0);
+                        self.timeline.open(i, Tag::Leading(r), term, now);
+                    }
+                }
+                self.leaders[r] = who;
+            }
+            self.terms[r] = terms;
+        }
+        let db_now = self.db.now();
+        self.checker
+            .on_step(now, db_now, &self.leaders, &self.terms, &mut self.cov);
+    }
+}
