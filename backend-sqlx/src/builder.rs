@@ -3,112 +3,43 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use regent_core::postgres::{DEFAULT_SCHEMA, DEFAULT_TABLE, TableName};
+use regent_core::postgres::{DEFAULT_SCHEMA, DEFAULT_TABLE, Settings, TableName, require};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 
 use crate::SqlxBackend;
 use crate::error::SetupError;
 
-/// How the session's settings (`statement_timeout`, TCP keepalives) reach
-/// the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SessionSettings {
-    /// As `-c name=value` startup options (the `options` connection
-    /// parameter): no extra round trip. PgBouncer rejects the `options`
-    /// parameter unless it is listed in its `ignore_startup_parameters`
-    /// (and then ignores it); use [`SessionSettings::SetCommands`] there.
-    #[default]
-    StartupOptions,
-    /// As `SET` commands right after the session connects. Works through
-    /// PgBouncer in session mode.
-    SetCommands,
+pub use regent_core::postgres::SessionSettings;
+
+/// The GUCs of the lock session: the shared
+/// [`Settings::session_gucs`] plus, on this backend,
+/// `client_connection_check_interval` (PostgreSQL 14+: abort a running
+/// statement, a claim waiting on a row lock say, soon after the client has
+/// gone away).
+pub(crate) fn session_gucs(settings: &Settings) -> Vec<(&'static str, String)> {
+    let mut gucs = settings.session_gucs();
+    gucs.insert(1, ("client_connection_check_interval", "1000".to_owned()));
+    gucs
 }
 
-/// The validated settings shared by every clone of a backend.
-#[derive(Debug, Clone)]
-pub(crate) struct Settings {
-    pub(crate) table: TableName,
-    pub(crate) application_name: String,
-    pub(crate) statement_timeout: Duration,
-    pub(crate) keepalives_idle: Duration,
-    pub(crate) keepalives_interval: Duration,
-    pub(crate) keepalives_count: u32,
-    pub(crate) session_settings: SessionSettings,
-}
-
-impl Settings {
-    /// The GUCs of the session, as `(name, value)` pairs in server units.
-    pub(crate) fn session_gucs(&self) -> Vec<(&'static str, String)> {
-        let mut gucs = vec![
-            (
-                "statement_timeout",
-                self.statement_timeout.as_millis().to_string(),
-            ),
-            // PostgreSQL 14+: abort a running statement (a claim waiting on
-            // a row lock, say) soon after the client has gone away.
-            ("client_connection_check_interval", "1000".to_owned()),
-        ];
-        gucs.extend(self.keepalive_gucs());
-        gucs
-    }
-
-    /// The TCP keepalive GUCs (seconds / count).
-    pub(crate) fn keepalive_gucs(&self) -> Vec<(&'static str, String)> {
-        vec![
-            (
-                "tcp_keepalives_idle",
-                self.keepalives_idle.as_secs().to_string(),
-            ),
-            (
-                "tcp_keepalives_interval",
-                self.keepalives_interval.as_secs().to_string(),
-            ),
-            ("tcp_keepalives_count", self.keepalives_count.to_string()),
-        ]
-    }
-
-    /// How long the client waits for any one call on the session before it
-    /// gives the session up: the statement timeout plus slack for the
-    /// network, so the server's timeout normally fires first.
-    pub(crate) fn call_timeout(&self) -> Duration {
-        self.statement_timeout + Duration::from_secs(2)
-    }
-
-    /// Connect options of the lock session.
-    pub(crate) fn session_options(&self, base: &PgConnectOptions) -> PgConnectOptions {
-        let opts = base.clone().application_name(&self.application_name);
-        match self.session_settings {
-            SessionSettings::StartupOptions => opts.options(self.session_gucs()),
-            SessionSettings::SetCommands => opts,
-        }
-    }
-
-    /// Connect options of the notification listener.
-    pub(crate) fn listen_options(&self, base: &PgConnectOptions) -> PgConnectOptions {
-        let mut name = format!("{}:listen", self.application_name);
-        while name.len() > 63 {
-            name.pop();
-        }
-        let opts = base.clone().application_name(&name);
-        match self.session_settings {
-            SessionSettings::StartupOptions => opts.options(self.keepalive_gucs()),
-            SessionSettings::SetCommands => opts,
-        }
+/// Connect options of the lock session.
+pub(crate) fn session_options(settings: &Settings, base: &PgConnectOptions) -> PgConnectOptions {
+    let opts = base.clone().application_name(&settings.application_name);
+    match settings.session_settings {
+        SessionSettings::StartupOptions => opts.options(session_gucs(settings)),
+        SessionSettings::SetCommands => opts,
     }
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            table: TableName::default(),
-            application_name: "regent".to_owned(),
-            statement_timeout: Duration::from_secs(5),
-            keepalives_idle: Duration::from_secs(5),
-            keepalives_interval: Duration::from_secs(2),
-            keepalives_count: 3,
-            session_settings: SessionSettings::StartupOptions,
-        }
+/// Connect options of the notification listener.
+pub(crate) fn listen_options(settings: &Settings, base: &PgConnectOptions) -> PgConnectOptions {
+    let opts = base
+        .clone()
+        .application_name(&settings.listen_application_name());
+    match settings.session_settings {
+        SessionSettings::StartupOptions => opts.options(settings.keepalive_gucs()),
+        SessionSettings::SetCommands => opts,
     }
 }
 
@@ -220,48 +151,17 @@ impl SqlxBackendBuilder {
     fn validate(self) -> Result<(Settings, u32), SetupError> {
         let mut settings = self.settings;
         settings.table = TableName::new(&self.schema, &self.table)?;
-        let s = &settings;
-        if s.statement_timeout < Duration::from_millis(1) {
-            return Err(SetupError::Option {
-                field: "statement_timeout",
-                rule: "must be at least 1 ms",
-            });
-        }
-        if s.keepalives_idle.as_secs() < 1 || s.keepalives_interval.as_secs() < 1 {
-            return Err(SetupError::Option {
-                field: "tcp_keepalives",
-                rule: "idle and interval must be at least 1 s",
-            });
-        }
-        if s.keepalives_count < 1 {
-            return Err(SetupError::Option {
-                field: "tcp_keepalives",
-                rule: "count must be at least 1",
-            });
-        }
-        let name_ok = !s.application_name.is_empty()
-            && s.application_name.len() <= 63
-            && s.application_name
-                .chars()
-                .all(|c| c.is_ascii_graphic() || c == ' ');
-        if !name_ok {
-            return Err(SetupError::Option {
-                field: "application_name",
-                rule: "must be 1 to 63 printable ASCII characters",
-            });
-        }
-        if self.connect_timeout < Duration::from_millis(1) {
-            return Err(SetupError::Option {
-                field: "connect_timeout",
-                rule: "must be at least 1 ms",
-            });
-        }
-        if self.max_pool_connections < 1 {
-            return Err(SetupError::Option {
-                field: "max_pool_connections",
-                rule: "must be at least 1",
-            });
-        }
+        settings.validate()?;
+        require(
+            self.connect_timeout >= Duration::from_millis(1),
+            "connect_timeout",
+            "must be at least 1 ms",
+        )?;
+        require(
+            self.max_pool_connections >= 1,
+            "max_pool_connections",
+            "must be at least 1",
+        )?;
         Ok((settings, self.max_pool_connections))
     }
 
@@ -323,17 +223,18 @@ mod tests {
     #[test]
     fn gucs_are_in_server_units() {
         let s = Settings::default();
-        let gucs = s.session_gucs();
+        let gucs = session_gucs(&s);
         assert_eq!(gucs[0], ("statement_timeout", "5000".to_owned()));
+        assert_eq!(gucs[1].0, "client_connection_check_interval");
         assert_eq!(gucs[2], ("tcp_keepalives_idle", "5".to_owned()));
         assert_eq!(gucs[4], ("tcp_keepalives_count", "3".to_owned()));
         let base = PgConnectOptions::new();
-        let opts = s.session_options(&base);
+        let opts = session_options(&s, &base);
         assert_eq!(opts.get_application_name(), Some("regent"));
         let o = opts.get_options().unwrap_or_default();
         assert!(o.contains("-c statement_timeout=5000"), "{o}");
         assert!(o.contains("-c tcp_keepalives_count=3"), "{o}");
-        let listen = s.listen_options(&base);
+        let listen = listen_options(&s, &base);
         assert_eq!(listen.get_application_name(), Some("regent:listen"));
     }
 }

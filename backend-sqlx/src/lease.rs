@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use regent_core::postgres::LeaseRow;
+use regent_core::postgres::{self, LeaseRow};
 use regent_core::{
     BackendError, ClaimOutcome, DbTimestamp, HeldLease, Lease, LeaseRecord, Namespace, NodeId,
     RenewOutcome, Role, Term,
@@ -23,7 +23,7 @@ pub(crate) fn lease_from_row(
     namespace: &Namespace,
     role: &Role,
 ) -> Result<Option<LeaseRecord>, BackendError> {
-    let bad = |e: sqlx::Error| BackendError::Transient(format!("unreadable lease row: {e}"));
+    let bad = |e: sqlx::Error| postgres::unreadable_row(&e.to_string());
     let Some(holder) = row.try_get::<Option<String>, _>("holder").map_err(bad)? else {
         return Ok(None);
     };
@@ -37,25 +37,20 @@ pub(crate) fn lease_from_row(
         renewed_us: row.try_get("renewed_us").map_err(bad)?,
         until_us: row.try_get("until_us").map_err(bad)?,
     };
-    raw.into_record()
-        .map(Some)
-        .map_err(|e| BackendError::Transient(e.to_string()))
+    Ok(Some(raw.into_record()?))
 }
 
 /// A row that carries its own `namespace` and `role` columns.
 fn full_lease_from_row(row: &PgRow) -> Result<Option<LeaseRecord>, BackendError> {
-    let bad = |e: sqlx::Error| BackendError::Transient(format!("unreadable lease row: {e}"));
-    let ns: Option<String> = row.try_get("namespace").map_err(bad)?;
-    let role: Option<String> = row.try_get("role").map_err(bad)?;
-    let (Some(ns), Some(role)) = (ns, role) else {
-        return Ok(None);
-    };
-    let invalid = |e: regent_core::NameError| {
-        BackendError::Transient(format!("lease table holds an invalid name: {e}"))
-    };
-    let ns = Namespace::new(ns).map_err(invalid)?;
-    let role = Role::new(role).map_err(invalid)?;
-    lease_from_row(row, &ns, &role)
+    let bad = |e: sqlx::Error| postgres::unreadable_row(&e.to_string());
+    let names = postgres::lease_names(
+        row.try_get("namespace").map_err(bad)?,
+        row.try_get("role").map_err(bad)?,
+    )?;
+    match names {
+        Some((ns, role)) => lease_from_row(row, &ns, &role),
+        None => Ok(None),
+    }
 }
 
 #[async_trait]
@@ -201,26 +196,14 @@ impl SqlxBackend {
             .await
             .map_err(db)?;
         let current = match row {
-            Some(row) => {
-                let h: String = row.try_get("holder").map_err(db)?;
-                let t: i64 = row.try_get("term").map_err(db)?;
-                Some((h, u64::try_from(t).map(Term).unwrap_or_default()))
-            }
+            Some(row) => Some((
+                row.try_get::<String, _>("holder").map_err(db)?,
+                row.try_get::<i64, _>("term").map_err(db)?,
+            )),
             None => None,
         };
-        match current {
-            Some((h, t)) if h == holder.as_str() && t == token => Ok(tx),
-            other => {
-                let (current_holder, current_term) = other.unzip();
-                // Dropping `tx` rolls it back.
-                Err(FencedError::Stale {
-                    namespace: namespace.as_str().to_owned(),
-                    role: role.as_str().to_owned(),
-                    token,
-                    current_holder,
-                    current_term,
-                })
-            }
-        }
+        // On a stale token, dropping `tx` rolls it back.
+        postgres::check_fenced(namespace, role, holder, token, current)?;
+        Ok(tx)
     }
 }

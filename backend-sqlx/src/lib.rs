@@ -77,7 +77,7 @@ pub use builder::{SessionSettings, SqlxBackendBuilder};
 pub use error::{FencedError, SetupError};
 pub use notify::SqlxSubscription;
 
-use builder::Settings;
+use regent_core::postgres::Settings;
 use session::Slot;
 
 /// The regent backend over PostgreSQL through sqlx: implements
@@ -135,8 +135,8 @@ impl SqlxBackend {
 
     pub(crate) fn from_parts(pool: PgPool, settings: Settings) -> Self {
         let base = pool.connect_options();
-        let session_options = settings.session_options(&base);
-        let listen_options = settings.listen_options(&base);
+        let session_options = builder::session_options(&settings, &base);
+        let listen_options = builder::listen_options(&settings, &base);
         Self {
             inner: Arc::new(Inner {
                 sql: Statements::new(&settings.table),

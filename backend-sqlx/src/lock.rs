@@ -4,10 +4,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use regent_core::postgres::{
-    self, AdvisoryKey, PREEMPT_NOT_PERMITTED, PREEMPT_NOT_ZOMBIE, PREEMPT_TERMINATED,
-    SQLSTATE_INSUFFICIENT_PRIVILEGE,
-};
+use regent_core::postgres::{self, AdvisoryKey, SQLSTATE_INSUFFICIENT_PRIVILEGE};
 use regent_core::{
     BackendError, LeaseRecord, Lock, Namespace, PreemptOutcome, Role, TryLockOutcome,
 };
@@ -96,14 +93,7 @@ impl Lock for SqlxBackend {
             .await
             .and_then(|row| row.try_get::<String, _>("outcome"));
         let outcome = match result {
-            Ok(s) if s == PREEMPT_TERMINATED => PreemptOutcome::Terminated,
-            Ok(s) if s == PREEMPT_NOT_PERMITTED => PreemptOutcome::NotPermitted,
-            Ok(s) if s == PREEMPT_NOT_ZOMBIE => PreemptOutcome::NotZombie,
-            Ok(s) => {
-                return Err(BackendError::Transient(format!(
-                    "unexpected preempt outcome {s:?}"
-                )));
-            }
+            Ok(s) => postgres::preempt_outcome(Some(&s))?,
             Err(e) if sqlstate(&e).as_deref() == Some(SQLSTATE_INSUFFICIENT_PRIVILEGE) => {
                 PreemptOutcome::NotPermitted
             }
@@ -114,8 +104,7 @@ impl Lock for SqlxBackend {
                 if !inner.warned_not_permitted.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         holder = %lease.holder, pid, role = %lease.role,
-                        "cannot terminate the zombie holder's backend: grant the role \
-                         `pg_signal_backend` to preempt zombies; waiting for it instead"
+                        "{}", postgres::PREEMPT_NOT_PERMITTED_WARNING
                     );
                 }
             }

@@ -4,10 +4,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use regent_core::postgres::{self, AdvisoryKey, MODE_ALREADY_HELD, MODE_SKIP, MODE_TRY};
+use regent_core::postgres::{self, AdvisoryKey, Planned, TryLockParams};
 use regent_core::{
-    BackendError, ClaimOutcome, HeldLease, LockAttempt, Namespace, NodeId, RenewOutcome, Role,
-    Term, TryLockOutcome,
+    BackendError, ClaimOutcome, HeldLease, Namespace, NodeId, RenewOutcome, Role, Term,
+    TryLockOutcome,
 };
 use sqlx::{AssertSqlSafe, Row};
 
@@ -67,51 +67,21 @@ pub(crate) fn mismatch(out: Out) -> BackendError {
     BackendError::Transient(format!("internal error: unexpected session result {out:?}"))
 }
 
-/// One role of a `try_lock` batch, planned against the session's held keys.
-pub(crate) struct Planned {
-    pub(crate) role: Role,
-    pub(crate) key: AdvisoryKey,
-    pub(crate) mode: i16,
-}
-
-/// Decides, per role, whether to call `pg_try_advisory_lock`: never for a
-/// key the session already holds (re-entrancy) or one already planned in
-/// this batch, never for the same role twice.
+/// Plans a `try_lock` batch with the shared [`postgres::plan`], logging
+/// every key collision it found.
 pub(crate) fn plan(
     namespace: &Namespace,
     roles: &[Role],
     held: &HashMap<AdvisoryKey, Role>,
 ) -> Vec<Planned> {
-    let mut seen_roles = HashSet::new();
-    let mut batch_keys: HashMap<AdvisoryKey, &Role> = HashMap::new();
-    let mut out = Vec::with_capacity(roles.len());
-    for role in roles {
-        if !seen_roles.insert(role) {
-            continue;
-        }
-        let key = AdvisoryKey::derive(namespace, role);
-        let mode = match (held.get(&key), batch_keys.get(&key).copied()) {
-            (Some(holder), _) if holder == role => MODE_ALREADY_HELD,
-            (Some(other), _) | (None, Some(other)) => {
-                tracing::warn!(
-                    %namespace, %role, other = %other,
-                    "advisory-lock key collision between two roles; only one can be held \
-                     by this node at a time (rename one of them)"
-                );
-                MODE_SKIP
-            }
-            (None, None) => {
-                batch_keys.insert(key, role);
-                MODE_TRY
-            }
-        };
-        out.push(Planned {
-            role: role.clone(),
-            key,
-            mode,
-        });
+    let plan = postgres::plan(namespace, roles, held);
+    for c in &plan.collisions {
+        tracing::warn!(
+            namespace = %c.namespace, role = %c.role, other = %c.other,
+            "{}", postgres::KEY_COLLISION_WARNING
+        );
     }
-    out
+    plan.planned
 }
 
 impl Inner {
@@ -192,44 +162,27 @@ impl Inner {
                 attempts: Vec::new(),
             });
         }
-        let roles: Vec<String> = planned.iter().map(|p| p.role.as_str().to_owned()).collect();
-        let ns_keys: Vec<i32> = planned.iter().map(|p| p.key.ns).collect();
-        let role_keys: Vec<i32> = planned.iter().map(|p| p.key.role).collect();
-        let modes: Vec<i16> = planned.iter().map(|p| p.mode).collect();
+        let params = TryLockParams::new(planned);
         let query = sqlx::query(AssertSqlSafe(self.sql.try_lock.clone()))
             .bind(ns.as_str())
-            .bind(roles)
-            .bind(ns_keys)
-            .bind(role_keys)
-            .bind(modes)
+            .bind(params.roles)
+            .bind(params.ns_keys)
+            .bind(params.role_keys)
+            .bind(params.modes)
             .fetch_all(&mut s.conn);
         let rows = self.bounded(query).await?;
-        if rows.len() != planned.len() {
-            return Err(BackendError::SessionLost {
-                reason: format!(
-                    "try_lock returned {} rows for {}",
-                    rows.len(),
-                    planned.len()
-                ),
-            });
-        }
-        // Record every granted lock before anything else can fail.
-        let mut granted = Vec::with_capacity(rows.len());
-        for (p, row) in planned.iter().zip(&rows) {
-            let g: bool = self.decoded(row.try_get("granted"))?;
-            if g && p.mode == MODE_TRY {
-                s.held.insert(p.key, p.role.clone());
-            }
-            granted.push(g);
-        }
-        let mut attempts = Vec::with_capacity(rows.len());
-        for ((p, row), granted) in planned.iter().zip(&rows).zip(granted) {
-            attempts.push(LockAttempt {
-                role: p.role.clone(),
-                granted,
-                lease: lease_from_row(row, ns, &p.role)?,
-            });
-        }
+        postgres::check_try_lock_rows(rows.len(), planned.len())?;
+        let granted = rows
+            .iter()
+            .map(|row| self.decoded(row.try_get::<bool, _>("granted")))
+            .collect::<Result<Vec<_>, _>>()?;
+        postgres::record_granted(&mut s.held, planned, &granted);
+        let leases = planned
+            .iter()
+            .zip(&rows)
+            .map(|(p, row)| lease_from_row(row, ns, &p.role))
+            .collect::<Result<Vec<_>, _>>()?;
+        let attempts = postgres::lock_attempts(planned, granted, leases);
         Ok(TryLockOutcome {
             db_now: self.decoded(db_now(&rows[0]))?,
             attempts,
@@ -272,25 +225,7 @@ impl Inner {
             let objid: i64 = self.decoded(row.try_get("objid"))?;
             in_db.insert(AdvisoryKey::from_pg_locks(classid, objid));
         }
-        // Keys we recorded that the server no longer has are not held.
-        s.held.retain(|key, _| in_db.contains(key));
-        let mut out = Vec::new();
-        for role in roles {
-            let key = AdvisoryKey::derive(ns, role);
-            if !in_db.contains(&key) {
-                continue;
-            }
-            match s.held.get(&key) {
-                Some(r) if r == role => out.push(role.clone()),
-                Some(_) => {} // held for a colliding role
-                None => {
-                    // Held but unrecorded: adopt it so unlock can release it.
-                    s.held.insert(key, role.clone());
-                    out.push(role.clone());
-                }
-            }
-        }
-        Ok(out)
+        Ok(postgres::reconcile_held(ns, roles, &mut s.held, &in_db))
     }
 
     async fn claim(
@@ -301,17 +236,7 @@ impl Inner {
         holder: &NodeId,
         lease: Duration,
     ) -> Result<ClaimOutcome, BackendError> {
-        // Claiming without the lock would break mutual exclusion. This
-        // happens when the session was replaced between try_lock and claim:
-        // the lock went with the old session.
-        if s.held.get(&AdvisoryKey::derive(ns, role)) != Some(role) {
-            return Err(BackendError::SessionLost {
-                reason: format!(
-                    "claim of {role:?} on a session that does not hold its lock (the session \
-                     that took it is gone)"
-                ),
-            });
-        }
+        postgres::check_claim(&s.held, ns, role)?;
         let query = sqlx::query(AssertSqlSafe(self.sql.claim.clone()))
             .bind(ns.as_str())
             .bind(role.as_str())
@@ -321,8 +246,7 @@ impl Inner {
         let row = self.bounded(query).await?;
         let new_term: i64 = self.decoded(row.try_get("new_term"))?;
         Ok(ClaimOutcome {
-            term: postgres::term_from_db(new_term)
-                .map_err(|e| BackendError::Transient(e.to_string()))?,
+            term: postgres::term_from_db(new_term)?,
             previous: lease_from_row(&row, ns, role)?,
             db_now: self.decoded(db_now(&row))?,
         })
@@ -349,38 +273,7 @@ impl Inner {
         let renewed: Vec<String> = self.decoded(row.try_get("renewed"))?;
         Ok(RenewOutcome {
             db_now: self.decoded(db_now(&row))?,
-            renewed: held
-                .iter()
-                .filter(|h| renewed.iter().any(|r| r == h.role.as_str()))
-                .map(|h| h.role.clone())
-                .collect(),
+            renewed: postgres::renewed_roles(held, &renewed),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn role(s: &str) -> Role {
-        Role::new(s).unwrap()
-    }
-
-    #[test]
-    fn plan_never_locks_a_key_twice() {
-        let ns = Namespace::default();
-        let a = role("a");
-        let mut held = HashMap::new();
-        held.insert(AdvisoryKey::derive(&ns, &a), a.clone());
-        let roles = [a.clone(), role("b"), role("b"), role("c")];
-        let modes: Vec<(String, i16)> = plan(&ns, &roles, &held)
-            .into_iter()
-            .map(|p| (p.role.as_str().to_owned(), p.mode))
-            .collect();
-        let want = [("a", MODE_ALREADY_HELD), ("b", MODE_TRY), ("c", MODE_TRY)];
-        assert_eq!(modes, want.map(|(r, m)| (r.to_owned(), m)));
-        // A colliding key held for another role is skipped, not re-taken.
-        held.insert(AdvisoryKey::derive(&ns, &role("c")), role("other"));
-        assert_eq!(plan(&ns, &[role("c")], &held)[0].mode, MODE_SKIP);
     }
 }

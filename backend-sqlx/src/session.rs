@@ -13,7 +13,7 @@ use sqlx::{Connection, Row};
 use tokio::sync::{MutexGuard, oneshot};
 
 use crate::Inner;
-use crate::builder::SessionSettings;
+use crate::builder::{SessionSettings, session_gucs};
 use crate::error::{connect_error, session_error};
 use crate::ops::{Op, Out};
 
@@ -173,9 +173,7 @@ impl Inner {
         match tokio::time::timeout(limit, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(session_error(&e, &self.settings.table)),
-            Err(_) => Err(BackendError::SessionLost {
-                reason: format!("no reply on the session within {limit:?}"),
-            }),
+            Err(_) => Err(postgres::no_reply_error(limit)),
         }
     }
 
@@ -188,9 +186,7 @@ impl Inner {
         let limit = self.settings.call_timeout();
         match tokio::time::timeout(limit, self.open_unbounded()).await {
             Ok(result) => result,
-            Err(_) => Err(BackendError::Transient(format!(
-                "opening the database session took longer than {limit:?}"
-            ))),
+            Err(_) => Err(postgres::open_timeout_error(limit)),
         }
     }
 
@@ -200,7 +196,7 @@ impl Inner {
             .await
             .map_err(|e| connect_error(&e, table))?;
         if self.settings.session_settings == SessionSettings::SetCommands {
-            let sets = postgres::set_commands(&self.settings.session_gucs());
+            let sets = postgres::set_commands(&session_gucs(&self.settings));
             sqlx::raw_sql(sqlx::AssertSqlSafe(sets))
                 .execute(&mut conn)
                 .await

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use regent_core::postgres::{DEFAULT_SCHEMA, DEFAULT_TABLE, TableName};
+use regent_core::postgres::{
+    DEFAULT_SCHEMA, DEFAULT_TABLE, Settings, TableName, require, startup_options,
+};
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Config, NoTls, Socket};
 
@@ -12,119 +14,51 @@ use crate::TokioPgBackend;
 use crate::connect::connector;
 use crate::error::SetupError;
 
-/// How the session's settings (`statement_timeout`, server-side TCP
-/// keepalives) reach the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SessionSettings {
-    /// As `-c name=value` startup options (the `options` connection
-    /// parameter, appended to any the config already has): no extra round
-    /// trip. PgBouncer rejects the `options` parameter unless it is listed in
-    /// its `ignore_startup_parameters` (and then ignores it); use
-    /// [`SessionSettings::SetCommands`] there.
-    #[default]
-    StartupOptions,
-    /// As `SET` commands right after the session connects. Works through
-    /// PgBouncer in session mode.
-    SetCommands,
+pub use regent_core::postgres::SessionSettings;
+
+/// `base` with the name, client-side keepalives, connect timeout and (as
+/// startup options) the `gucs` of a session or listener.
+fn with_common(
+    settings: &Settings,
+    base: &Config,
+    name: &str,
+    gucs: &[(&'static str, String)],
+) -> Config {
+    let mut config = base.clone();
+    config
+        .application_name(name)
+        // Client side: notice a vanished server within seconds.
+        .keepalives(true)
+        .keepalives_idle(settings.keepalives_idle)
+        .keepalives_interval(settings.keepalives_interval)
+        .keepalives_retries(settings.keepalives_count);
+    if base.get_connect_timeout().is_none() {
+        config.connect_timeout(settings.call_timeout());
+    }
+    if settings.session_settings == SessionSettings::StartupOptions {
+        config.options(startup_options(base.get_options(), gucs));
+    }
+    config
 }
 
-/// The validated settings shared by every clone of a backend.
-#[derive(Debug, Clone)]
-pub(crate) struct Settings {
-    pub(crate) table: TableName,
-    pub(crate) application_name: String,
-    pub(crate) statement_timeout: Duration,
-    pub(crate) keepalives_idle: Duration,
-    pub(crate) keepalives_interval: Duration,
-    pub(crate) keepalives_count: u32,
-    pub(crate) session_settings: SessionSettings,
+/// Config of the lock session.
+pub(crate) fn session_config(settings: &Settings, base: &Config) -> Config {
+    with_common(
+        settings,
+        base,
+        &settings.application_name,
+        &settings.session_gucs(),
+    )
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            table: TableName::default(),
-            application_name: "regent".to_owned(),
-            statement_timeout: Duration::from_secs(5),
-            keepalives_idle: Duration::from_secs(5),
-            keepalives_interval: Duration::from_secs(2),
-            keepalives_count: 3,
-            session_settings: SessionSettings::StartupOptions,
-        }
-    }
-}
-
-impl Settings {
-    /// The GUCs of the session, as `(name, value)` pairs in server units.
-    pub(crate) fn session_gucs(&self) -> Vec<(&'static str, String)> {
-        let mut gucs = vec![(
-            "statement_timeout",
-            self.statement_timeout.as_millis().to_string(),
-        )];
-        gucs.extend(self.keepalive_gucs());
-        gucs
-    }
-
-    /// The server-side TCP keepalive GUCs (seconds / count).
-    pub(crate) fn keepalive_gucs(&self) -> Vec<(&'static str, String)> {
-        vec![
-            (
-                "tcp_keepalives_idle",
-                self.keepalives_idle.as_secs().to_string(),
-            ),
-            (
-                "tcp_keepalives_interval",
-                self.keepalives_interval.as_secs().to_string(),
-            ),
-            ("tcp_keepalives_count", self.keepalives_count.to_string()),
-        ]
-    }
-
-    /// How long the client waits for any one call on the session before it
-    /// gives the session up: the statement timeout plus slack for the
-    /// network, so the server's timeout normally fires first.
-    pub(crate) fn call_timeout(&self) -> Duration {
-        self.statement_timeout + Duration::from_secs(2)
-    }
-
-    fn with_common(&self, base: &Config, name: &str, gucs: &[(&'static str, String)]) -> Config {
-        let mut config = base.clone();
-        config
-            .application_name(name)
-            // Client side: notice a vanished server within seconds.
-            .keepalives(true)
-            .keepalives_idle(self.keepalives_idle)
-            .keepalives_interval(self.keepalives_interval)
-            .keepalives_retries(self.keepalives_count);
-        if base.get_connect_timeout().is_none() {
-            config.connect_timeout(self.call_timeout());
-        }
-        if self.session_settings == SessionSettings::StartupOptions {
-            let ours: Vec<String> = gucs.iter().map(|(k, v)| format!("-c {k}={v}")).collect();
-            let options = match base.get_options() {
-                Some(existing) if !existing.trim().is_empty() => {
-                    format!("{existing} {}", ours.join(" "))
-                }
-                _ => ours.join(" "),
-            };
-            config.options(options);
-        }
-        config
-    }
-
-    /// Config of the lock session.
-    pub(crate) fn session_config(&self, base: &Config) -> Config {
-        self.with_common(base, &self.application_name, &self.session_gucs())
-    }
-
-    /// Config of a notification listener.
-    pub(crate) fn listen_config(&self, base: &Config) -> Config {
-        let mut name = format!("{}:listen", self.application_name);
-        while name.len() > 63 {
-            name.pop();
-        }
-        self.with_common(base, &name, &self.keepalive_gucs())
-    }
+/// Config of a notification listener.
+pub(crate) fn listen_config(settings: &Settings, base: &Config) -> Config {
+    with_common(
+        settings,
+        base,
+        &settings.listen_application_name(),
+        &settings.keepalive_gucs(),
+    )
 }
 
 /// Builds a [`TokioPgBackend`]. Every option has a default; none depends
@@ -248,42 +182,12 @@ impl<T> TokioPgBackendBuilder<T> {
     fn validate(&self) -> Result<Settings, SetupError> {
         let mut settings = self.settings.clone();
         settings.table = TableName::new(&self.schema, &self.table)?;
-        let s = &settings;
-        if s.statement_timeout < Duration::from_millis(1) {
-            return Err(SetupError::Option {
-                field: "statement_timeout",
-                rule: "must be at least 1 ms",
-            });
-        }
-        if s.keepalives_idle.as_secs() < 1 || s.keepalives_interval.as_secs() < 1 {
-            return Err(SetupError::Option {
-                field: "tcp_keepalives",
-                rule: "idle and interval must be at least 1 s",
-            });
-        }
-        if s.keepalives_count < 1 {
-            return Err(SetupError::Option {
-                field: "tcp_keepalives",
-                rule: "count must be at least 1",
-            });
-        }
-        let name_ok = !s.application_name.is_empty()
-            && s.application_name.len() <= 63
-            && s.application_name
-                .chars()
-                .all(|c| c.is_ascii_graphic() || c == ' ');
-        if !name_ok {
-            return Err(SetupError::Option {
-                field: "application_name",
-                rule: "must be 1 to 63 printable ASCII characters",
-            });
-        }
-        if self.max_pool_connections < 1 {
-            return Err(SetupError::Option {
-                field: "max_pool_connections",
-                rule: "must be at least 1",
-            });
-        }
+        settings.validate()?;
+        require(
+            self.max_pool_connections >= 1,
+            "max_pool_connections",
+            "must be at least 1",
+        )?;
         Ok(settings)
     }
 }
@@ -371,7 +275,7 @@ mod tests {
         let s = Settings::default();
         let mut base = Config::new();
         base.options("-c search_path=x");
-        let c = s.session_config(&base);
+        let c = session_config(&s, &base);
         assert_eq!(c.get_application_name(), Some("regent"));
         let o = c.get_options().unwrap_or_default();
         assert!(
@@ -382,7 +286,7 @@ mod tests {
         assert!(c.get_keepalives());
         assert_eq!(c.get_keepalives_idle(), Duration::from_secs(5));
         assert_eq!(c.get_keepalives_retries(), Some(3));
-        let l = s.listen_config(&Config::new());
+        let l = listen_config(&s, &Config::new());
         assert_eq!(l.get_application_name(), Some("regent:listen"));
         assert!(
             !l.get_options()
@@ -393,6 +297,6 @@ mod tests {
             session_settings: SessionSettings::SetCommands,
             ..Settings::default()
         };
-        assert_eq!(set.session_config(&Config::new()).get_options(), None);
+        assert_eq!(session_config(&set, &Config::new()).get_options(), None);
     }
 }

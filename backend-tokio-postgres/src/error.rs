@@ -2,13 +2,9 @@
 //! deadpool errors to [`BackendError`].
 
 use deadpool_postgres::{BuildError, PoolError};
-use regent_core::postgres::{
-    self, IdentError, SQLSTATE_INSUFFICIENT_PRIVILEGE, SQLSTATE_INVALID_SCHEMA,
-    SQLSTATE_UNDEFINED_TABLE, TableName,
-};
+use regent_core::postgres::{self, IdentError, OptionError, Stale, TableName};
 use regent_core::{BackendError, Term};
 use thiserror::Error;
-use tokio_postgres::error::SqlState;
 
 /// Building, connecting or migrating a
 /// [`TokioPgBackend`](crate::TokioPgBackend) failed.
@@ -65,12 +61,8 @@ pub enum FencedError {
     /// took over (or the lease never existed). Do not perform the write; this
     /// node is no longer leader for `role`.
     #[error(
-        "stale fencing token {token} for role {role:?} in namespace {namespace:?}: the lease \
-         is now {current}; this node is no longer leader, so drop the write instead of retrying",
-        current = match (.current_holder, .current_term) {
-            (Some(h), Some(t)) => format!("held by {h:?} at term {t}"),
-            _ => "missing".to_owned(),
-        }
+        "{}",
+        Stale::message(.namespace, .role, *.token, .current_holder.as_deref(), *.current_term)
     )]
     Stale {
         /// The namespace.
@@ -126,45 +118,18 @@ pub(crate) fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {
 
 /// A message for an error that no retry can fix, if `e` is one.
 pub(crate) fn misconfiguration(e: &tokio_postgres::Error, table: &TableName) -> Option<String> {
-    match sqlstate(e) {
-        Some(SQLSTATE_UNDEFINED_TABLE | SQLSTATE_INVALID_SCHEMA) => {
-            Some(postgres::missing_table_error(table))
-        }
-        Some(SQLSTATE_INSUFFICIENT_PRIVILEGE) => {
-            Some(postgres::privilege_error(table, &describe(e)))
-        }
-        Some(code) if code == SqlState::INVALID_SQL_STATEMENT_NAME.code() => Some(format!(
-            "{}: prepared statements vanished between round trips, which happens behind a \
-             connection pooler in transaction mode (PgBouncer `pool_mode=transaction`); use \
-             `pool_mode=session` for regent's connection, or connect to PostgreSQL directly",
-            describe(e)
-        )),
-        // invalid_authorization_specification, invalid_password, unknown database
-        Some("28000" | "28P01" | "3D000") => Some(format!(
-            "{}: check the user, password and database name in the connection settings",
-            describe(e)
-        )),
-        _ => None,
-    }
+    postgres::misconfiguration(sqlstate(e), table, &describe(e))
 }
 
 /// Maps an error of a statement on the lock session. The caller drops the
 /// session, so every lock on it is gone.
 pub(crate) fn session_error(e: &tokio_postgres::Error, table: &TableName) -> BackendError {
-    match misconfiguration(e, table) {
-        Some(msg) => BackendError::Misconfigured(msg),
-        None => BackendError::SessionLost {
-            reason: describe(e),
-        },
-    }
+    postgres::session_error(sqlstate(e), table, describe(e))
 }
 
 /// Maps an error of a statement on the shared pool (no locks involved).
 pub(crate) fn pool_error(e: &tokio_postgres::Error, table: &TableName) -> BackendError {
-    match misconfiguration(e, table) {
-        Some(msg) => BackendError::Misconfigured(msg),
-        None => BackendError::Transient(describe(e)),
-    }
+    postgres::pool_error(sqlstate(e), table, describe(e))
 }
 
 /// Maps a failure to get a connection from the pool.
@@ -182,12 +147,27 @@ pub(crate) fn pool_get_error(e: &PoolError, table: &TableName) -> BackendError {
 
 /// Maps an error while opening a session: nothing was held yet.
 pub(crate) fn connect_error(e: &tokio_postgres::Error, table: &TableName) -> BackendError {
-    match misconfiguration(e, table) {
-        Some(msg) => BackendError::Misconfigured(msg),
-        None => BackendError::Transient(format!(
-            "could not open the database session: {}",
-            describe(e)
-        )),
+    postgres::connect_error(sqlstate(e), table, &describe(e))
+}
+
+impl From<OptionError> for SetupError {
+    fn from(e: OptionError) -> Self {
+        SetupError::Option {
+            field: e.field,
+            rule: e.rule,
+        }
+    }
+}
+
+impl From<Stale> for FencedError {
+    fn from(s: Stale) -> Self {
+        FencedError::Stale {
+            namespace: s.namespace,
+            role: s.role,
+            token: s.token,
+            current_holder: s.current_holder,
+            current_term: s.current_term,
+        }
     }
 }
 
@@ -197,23 +177,23 @@ mod tests {
 
     #[test]
     fn messages_say_what_to_do() {
-        let stale = FencedError::Stale {
+        // The messages themselves are tested in regent_core::postgres.
+        let stale = Stale {
             namespace: "default".into(),
             role: "r".into(),
             token: Term(3),
-            current_holder: Some("b".into()),
-            current_term: Some(Term(4)),
+            current_holder: None,
+            current_term: None,
         };
-        let s = stale.to_string();
-        assert!(
-            s.contains("stale fencing token 3") && s.contains("\"b\" at term 4"),
-            "{s}"
+        assert_eq!(
+            FencedError::from(stale.clone()).to_string(),
+            stale.to_string()
         );
-        let opt = SetupError::Option {
+        let opt = OptionError {
             field: "statement_timeout",
             rule: "must be at least 1 ms",
         };
-        assert!(opt.to_string().contains("statement_timeout"));
+        assert_eq!(SetupError::from(opt).to_string(), opt.to_string());
         let closed = pool_get_error(&PoolError::Closed, &TableName::default());
         assert!(!closed.is_retryable());
     }

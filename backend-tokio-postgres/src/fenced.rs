@@ -168,25 +168,14 @@ impl TokioPgBackend {
             .await
             .map_err(db)?;
         let current = match row {
-            Some(row) => {
-                let h: String = row.try_get("holder").map_err(db)?;
-                let t: i64 = row.try_get("term").map_err(db)?;
-                Some((h, u64::try_from(t).map(Term).unwrap_or_default()))
-            }
+            Some(row) => Some((
+                row.try_get::<_, String>("holder").map_err(db)?,
+                row.try_get::<_, i64>("term").map_err(db)?,
+            )),
             None => None,
         };
-        match current {
-            Some((h, t)) if h == holder.as_str() && t == token => Ok(tx),
-            other => {
-                let (current_holder, current_term) = other.unzip();
-                Err(FencedError::Stale {
-                    namespace: namespace.as_str().to_owned(),
-                    role: role.as_str().to_owned(),
-                    token,
-                    current_holder,
-                    current_term,
-                })
-            }
-        }
+        // On a stale token, dropping `tx` rolls it back.
+        postgres::check_fenced(namespace, role, holder, token, current)?;
+        Ok(tx)
     }
 }

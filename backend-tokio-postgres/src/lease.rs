@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use regent_core::postgres::{self, AdvisoryKey, LeaseRow};
+use regent_core::postgres::{self, LeaseRow};
 use regent_core::{
     BackendError, ClaimOutcome, DbTimestamp, HeldLease, Lease, LeaseRecord, Namespace, NodeId,
     RenewOutcome, Role, Term,
@@ -15,7 +15,7 @@ use crate::error::describe;
 use crate::session::{Kind, db_now};
 
 fn unreadable(e: tokio_postgres::Error) -> BackendError {
-    BackendError::Transient(format!("unreadable lease row: {}", describe(&e)))
+    postgres::unreadable_row(&describe(&e))
 }
 
 /// Reads the lease columns of `row` (`None` when the `LEFT JOIN` found no
@@ -41,24 +41,19 @@ pub(crate) fn lease_from_row(
         renewed_us: row.try_get("renewed_us").map_err(unreadable)?,
         until_us: row.try_get("until_us").map_err(unreadable)?,
     };
-    raw.into_record()
-        .map(Some)
-        .map_err(|e| BackendError::Transient(e.to_string()))
+    Ok(Some(raw.into_record()?))
 }
 
 /// A row that carries its own `namespace` and `role` columns.
 fn full_lease_from_row(row: &Row) -> Result<Option<LeaseRecord>, BackendError> {
-    let ns: Option<String> = row.try_get("namespace").map_err(unreadable)?;
-    let role: Option<String> = row.try_get("role").map_err(unreadable)?;
-    let (Some(ns), Some(role)) = (ns, role) else {
-        return Ok(None);
-    };
-    let invalid = |e: regent_core::NameError| {
-        BackendError::Transient(format!("lease table holds an invalid name: {e}"))
-    };
-    let ns = Namespace::new(ns).map_err(invalid)?;
-    let role = Role::new(role).map_err(invalid)?;
-    lease_from_row(row, &ns, &role)
+    let names = postgres::lease_names(
+        row.try_get("namespace").map_err(unreadable)?,
+        row.try_get("role").map_err(unreadable)?,
+    )?;
+    match names {
+        Some((ns, role)) => lease_from_row(row, &ns, &role),
+        None => Ok(None),
+    }
 }
 
 #[async_trait]
@@ -97,17 +92,7 @@ impl Lease for TokioPgBackend {
         let mut co = inner.checkout().await?;
         let result = async {
             let session = co.session()?;
-            // Claiming without the lock would break mutual exclusion. This
-            // happens when the session was replaced between try_lock and
-            // claim: the lock went with the old session.
-            if session.held.get(&AdvisoryKey::derive(namespace, role)) != Some(role) {
-                return Err(BackendError::SessionLost {
-                    reason: format!(
-                        "claim of {role:?} on a session that does not hold its lock (the \
-                         session that took it is gone)"
-                    ),
-                });
-            }
+            postgres::check_claim(&session.held, namespace, role)?;
             let lease_us = postgres::micros(lease);
             let rows = inner
                 .run(
@@ -126,8 +111,7 @@ impl Lease for TokioPgBackend {
             })?;
             let new_term: i64 = inner.decoded(row.try_get("new_term"))?;
             Ok(ClaimOutcome {
-                term: postgres::term_from_db(new_term)
-                    .map_err(|e| BackendError::Transient(e.to_string()))?,
+                term: postgres::term_from_db(new_term)?,
                 previous: lease_from_row(row, namespace, role)?,
                 db_now: inner.decoded(db_now(row))?,
             })
@@ -169,11 +153,7 @@ impl Lease for TokioPgBackend {
             let renewed: Vec<String> = inner.decoded(row.try_get("renewed"))?;
             Ok(RenewOutcome {
                 db_now: inner.decoded(db_now(row))?,
-                renewed: held
-                    .iter()
-                    .filter(|h| renewed.iter().any(|r| r == h.role.as_str()))
-                    .map(|h| h.role.clone())
-                    .collect(),
+                renewed: postgres::renewed_roles(held, &renewed),
             })
         }
         .await;

@@ -110,9 +110,9 @@ pub use error::{FencedError, SetupError};
 pub use fenced::FencedTransaction;
 pub use notify::TokioPgSubscription;
 
-use builder::Settings;
 use connect::Connector;
 use error::{pool_error, pool_get_error};
+use regent_core::postgres::Settings;
 use session::{Health, Slot};
 
 /// The regent backend over PostgreSQL through tokio-postgres and
@@ -187,8 +187,8 @@ impl TokioPgBackend {
         Self {
             inner: Arc::new(Inner {
                 sql: Statements::new(&settings.table),
-                session_config: settings.session_config(config),
-                listen_config: settings.listen_config(config),
+                session_config: builder::session_config(&settings, config),
+                listen_config: builder::listen_config(&settings, config),
                 pool,
                 settings,
                 connector,

@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use regent_core::postgres::{
-    self, AdvisoryKey, MODE_ALREADY_HELD, MODE_SKIP, MODE_TRY, PREEMPT_NOT_PERMITTED,
-    PREEMPT_NOT_ZOMBIE, PREEMPT_TERMINATED, SQLSTATE_INSUFFICIENT_PRIVILEGE,
+    self, AdvisoryKey, Planned, SQLSTATE_INSUFFICIENT_PRIVILEGE, TryLockParams,
 };
 use regent_core::{
-    BackendError, LeaseRecord, Lock, LockAttempt, Namespace, PreemptOutcome, Role, TryLockOutcome,
+    BackendError, LeaseRecord, Lock, Namespace, PreemptOutcome, Role, TryLockOutcome,
 };
 
 use crate::error::sqlstate;
@@ -18,47 +17,17 @@ use crate::lease::lease_from_row;
 use crate::session::{Kind, Session, db_now};
 use crate::{PoolCallError, TokioPgBackend};
 
-/// One role of a `try_lock` batch, planned against the session's held keys.
-struct Planned {
-    role: Role,
-    key: AdvisoryKey,
-    mode: i16,
-}
-
-/// Decides, per role, whether to call `pg_try_advisory_lock`: never for a
-/// key the session already holds (re-entrancy) or one already planned in
-/// this batch, never for the same role twice.
+/// Plans a `try_lock` batch with the shared [`postgres::plan`], logging
+/// every key collision it found.
 fn plan(namespace: &Namespace, roles: &[Role], held: &HashMap<AdvisoryKey, Role>) -> Vec<Planned> {
-    let mut seen_roles = HashSet::new();
-    let mut batch_keys: HashMap<AdvisoryKey, &Role> = HashMap::new();
-    let mut out = Vec::with_capacity(roles.len());
-    for role in roles {
-        if !seen_roles.insert(role) {
-            continue;
-        }
-        let key = AdvisoryKey::derive(namespace, role);
-        let mode = match (held.get(&key), batch_keys.get(&key).copied()) {
-            (Some(holder), _) if holder == role => MODE_ALREADY_HELD,
-            (Some(other), _) | (None, Some(other)) => {
-                tracing::warn!(
-                    %namespace, %role, other = %other,
-                    "advisory-lock key collision between two roles; only one can be held \
-                     by this node at a time (rename one of them)"
-                );
-                MODE_SKIP
-            }
-            (None, None) => {
-                batch_keys.insert(key, role);
-                MODE_TRY
-            }
-        };
-        out.push(Planned {
-            role: role.clone(),
-            key,
-            mode,
-        });
+    let plan = postgres::plan(namespace, roles, held);
+    for c in &plan.collisions {
+        tracing::warn!(
+            namespace = %c.namespace, role = %c.role, other = %c.other,
+            "{}", postgres::KEY_COLLISION_WARNING
+        );
     }
-    out
+    plan.planned
 }
 
 impl TokioPgBackend {
@@ -80,46 +49,27 @@ impl TokioPgBackend {
             });
         }
         let ns = namespace.as_str();
-        let roles: Vec<&str> = planned.iter().map(|p| p.role.as_str()).collect();
-        let ns_keys: Vec<i32> = planned.iter().map(|p| p.key.ns).collect();
-        let role_keys: Vec<i32> = planned.iter().map(|p| p.key.role).collect();
-        let modes: Vec<i16> = planned.iter().map(|p| p.mode).collect();
+        let p = TryLockParams::new(planned);
         let rows = inner
             .run(
                 session,
                 Kind::TryLock,
-                &[&ns, &roles, &ns_keys, &role_keys, &modes],
+                &[&ns, &p.roles, &p.ns_keys, &p.role_keys, &p.modes],
             )
             .await?;
-        if rows.len() != planned.len() {
-            return Err(BackendError::SessionLost {
-                reason: format!(
-                    "try_lock returned {} rows for {} roles",
-                    rows.len(),
-                    planned.len()
-                ),
-            });
-        }
-        // Record every granted lock before anything else can fail.
-        let mut granted = Vec::with_capacity(rows.len());
-        for (p, row) in planned.iter().zip(&rows) {
-            let g: bool = inner.decoded(row.try_get("granted"))?;
-            if g && p.mode == MODE_TRY {
-                session.held.insert(p.key, p.role.clone());
-            }
-            granted.push(g);
-        }
-        let mut attempts = Vec::with_capacity(rows.len());
+        postgres::check_try_lock_rows(rows.len(), planned.len())?;
+        let granted = rows
+            .iter()
+            .map(|row| inner.decoded(row.try_get::<_, bool>("granted")))
+            .collect::<Result<Vec<_>, _>>()?;
+        postgres::record_granted(&mut session.held, planned, &granted);
         let mut now = None;
-        for ((p, row), granted) in planned.iter().zip(&rows).zip(granted) {
+        let mut leases = Vec::with_capacity(rows.len());
+        for (p, row) in planned.iter().zip(&rows) {
             now.get_or_insert(inner.decoded(db_now(row))?);
-            let lease = lease_from_row(row, namespace, &p.role)?;
-            attempts.push(LockAttempt {
-                role: p.role.clone(),
-                granted,
-                lease,
-            });
+            leases.push(lease_from_row(row, namespace, &p.role)?);
         }
+        let attempts = postgres::lock_attempts(planned, granted, leases);
         Ok(TryLockOutcome {
             db_now: now.unwrap_or_default(),
             attempts,
@@ -140,25 +90,12 @@ impl TokioPgBackend {
             let objid: i64 = inner.decoded(row.try_get("objid"))?;
             in_db.insert(AdvisoryKey::from_pg_locks(classid, objid));
         }
-        // Keys we recorded that the server no longer has are not held.
-        session.held.retain(|key, _| in_db.contains(key));
-        let mut out = Vec::new();
-        for role in roles {
-            let key = AdvisoryKey::derive(namespace, role);
-            if !in_db.contains(&key) {
-                continue;
-            }
-            match session.held.get(&key) {
-                Some(r) if r == role => out.push(role.clone()),
-                Some(_) => {} // held for a colliding role
-                None => {
-                    // Held but unrecorded: adopt it so unlock can release it.
-                    session.held.insert(key, role.clone());
-                    out.push(role.clone());
-                }
-            }
-        }
-        Ok(out)
+        Ok(postgres::reconcile_held(
+            namespace,
+            roles,
+            &mut session.held,
+            &in_db,
+        ))
     }
 }
 
@@ -289,16 +226,7 @@ impl Lock for TokioPgBackend {
         let outcome = match result {
             Ok(rows) => {
                 let s: Option<String> = rows.first().and_then(|r| r.try_get("outcome").ok());
-                match s.as_deref() {
-                    Some(PREEMPT_TERMINATED) => PreemptOutcome::Terminated,
-                    Some(PREEMPT_NOT_PERMITTED) => PreemptOutcome::NotPermitted,
-                    Some(PREEMPT_NOT_ZOMBIE) => PreemptOutcome::NotZombie,
-                    other => {
-                        return Err(BackendError::Transient(format!(
-                            "unexpected preempt outcome {other:?}"
-                        )));
-                    }
-                }
+                postgres::preempt_outcome(s.as_deref())?
             }
             Err(PoolCallError::Db(e)) if sqlstate(&e) == Some(SQLSTATE_INSUFFICIENT_PRIVILEGE) => {
                 PreemptOutcome::NotPermitted
@@ -310,8 +238,7 @@ impl Lock for TokioPgBackend {
                 if !inner.warned_not_permitted.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
                         holder = %lease.holder, pid, role = %lease.role,
-                        "cannot terminate the zombie holder's backend: grant the role \
-                         `pg_signal_backend` to preempt zombies; waiting for it instead"
+                        "{}", postgres::PREEMPT_NOT_PERMITTED_WARNING
                     );
                 }
             }
@@ -329,34 +256,5 @@ impl Lock for TokioPgBackend {
 
     async fn session_closed(&self) {
         self.inner.session_closed().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn role(s: &str) -> Role {
-        Role::new(s).unwrap()
-    }
-
-    #[test]
-    fn plan_never_locks_a_key_twice() {
-        let ns = Namespace::default();
-        let a = role("a");
-        let mut held = HashMap::new();
-        held.insert(AdvisoryKey::derive(&ns, &a), a.clone());
-        let roles = [a.clone(), role("b"), role("b"), role("c")];
-        let plan = plan(&ns, &roles, &held);
-        let modes: Vec<(&str, i16)> = plan.iter().map(|p| (p.role.as_str(), p.mode)).collect();
-        assert_eq!(
-            modes,
-            [("a", MODE_ALREADY_HELD), ("b", MODE_TRY), ("c", MODE_TRY)]
-        );
-        // A colliding key held for another role is skipped, not re-taken.
-        let c_key = AdvisoryKey::derive(&ns, &role("c"));
-        held.insert(c_key, role("other"));
-        let plan2 = super::plan(&ns, &[role("c")], &held);
-        assert_eq!(plan2[0].mode, MODE_SKIP);
     }
 }

@@ -387,9 +387,7 @@ impl Inner {
         match tokio::time::timeout(limit, fut).await {
             Ok(Ok(rows)) => Ok(rows),
             Ok(Err(e)) => Err(session_error(&e, &self.settings.table)),
-            Err(_) => Err(BackendError::SessionLost {
-                reason: format!("no reply on the session within {limit:?}"),
-            }),
+            Err(_) => Err(postgres::no_reply_error(limit)),
         }
     }
 
@@ -405,9 +403,7 @@ impl Inner {
         let limit = self.settings.call_timeout();
         match tokio::time::timeout(limit, self.open_unbounded()).await {
             Ok(result) => result,
-            Err(_) => Err(BackendError::Transient(format!(
-                "opening the database session took longer than {limit:?}"
-            ))),
+            Err(_) => Err(postgres::open_timeout_error(limit)),
         }
     }
 

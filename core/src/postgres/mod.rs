@@ -1,6 +1,8 @@
 //! The PostgreSQL protocol shared by both Postgres backends: schema DDL,
-//! statement text, advisory-lock key derivation, channel names and row
-//! helpers. Strings and pure functions only — no IO.
+//! statement text, advisory-lock key derivation, channel names, row
+//! helpers, lock planning ([`plan`], [`reconcile_held`]), session
+//! [`Settings`], error classification ([`misconfiguration`]) and the fenced
+//! check ([`check_fenced`]). Strings and pure functions only — no IO.
 //!
 //! # Parameters and results
 //!
@@ -46,12 +48,29 @@ use std::fmt;
 
 use thiserror::Error;
 
+mod errors;
+mod fenced;
 mod keys;
+mod plan;
 mod rows;
+mod settings;
 mod statements;
 
+pub use errors::{
+    SQLSTATE_INVALID_SQL_STATEMENT_NAME, connect_error, misconfiguration, no_reply_error,
+    open_timeout_error, pool_error, session_error,
+};
+pub use fenced::{Stale, check_fenced};
 pub use keys::{AdvisoryKey, fnv1a64, fold32, migrate_lock_key, notify_channel};
-pub use rows::{LeaseRow, RowError, micros, term_from_db, term_to_db};
+pub use plan::{
+    KEY_COLLISION_WARNING, KeyCollision, LockPlan, Planned, TryLockParams, check_claim,
+    check_try_lock_rows, lock_attempts, plan, reconcile_held, record_granted,
+};
+pub use rows::{
+    LeaseRow, PREEMPT_NOT_PERMITTED_WARNING, RowError, lease_names, micros, preempt_outcome,
+    renewed_roles, term_from_db, term_to_db, unreadable_row,
+};
+pub use settings::{OptionError, SessionSettings, Settings, require, startup_options};
 pub use statements::{
     BACKEND_PID, BEGIN, COMMIT, MODE_ALREADY_HELD, MODE_SKIP, MODE_TRY, PREEMPT_NOT_PERMITTED,
     PREEMPT_NOT_ZOMBIE, PREEMPT_TERMINATED, ROLLBACK, Statements, listen, set_commands,

@@ -1,0 +1,222 @@
+//! The lock session's settings shared by both backends: the options a
+//! builder collects, their validation, and the GUCs they become.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+use super::TableName;
+
+/// How the session's settings (`statement_timeout`, server-side TCP
+/// keepalives) reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SessionSettings {
+    /// As `-c name=value` startup options (the `options` connection
+    /// parameter, appended to any the connection options already have): no
+    /// extra round trip. PgBouncer rejects the `options` parameter unless it
+    /// is listed in its `ignore_startup_parameters` (and then ignores it);
+    /// use [`SessionSettings::SetCommands`] there.
+    #[default]
+    StartupOptions,
+    /// As `SET` commands right after the session connects. Works through
+    /// PgBouncer in session mode.
+    SetCommands,
+}
+
+/// A builder option out of range: which option, and the rule it broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("invalid option `{field}`: {rule}")]
+pub struct OptionError {
+    /// The builder method / option name.
+    pub field: &'static str,
+    /// The rule it broke.
+    pub rule: &'static str,
+}
+
+/// The settings shared by every clone of a backend: where the lease table
+/// is and how the lock session (and the listeners) are set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The lease table.
+    pub table: TableName,
+    /// `application_name` of the lock session (listeners append `:listen`).
+    pub application_name: String,
+    /// `statement_timeout` of the lock session.
+    pub statement_timeout: Duration,
+    /// `tcp_keepalives_idle` (whole seconds).
+    pub keepalives_idle: Duration,
+    /// `tcp_keepalives_interval` (whole seconds).
+    pub keepalives_interval: Duration,
+    /// `tcp_keepalives_count`.
+    pub keepalives_count: u32,
+    /// How the settings reach the server.
+    pub session_settings: SessionSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            table: TableName::default(),
+            application_name: "regent".to_owned(),
+            statement_timeout: Duration::from_secs(5),
+            keepalives_idle: Duration::from_secs(5),
+            keepalives_interval: Duration::from_secs(2),
+            keepalives_count: 3,
+            session_settings: SessionSettings::StartupOptions,
+        }
+    }
+}
+
+/// `Err(OptionError)` unless `ok`.
+pub fn require(ok: bool, field: &'static str, rule: &'static str) -> Result<(), OptionError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(OptionError { field, rule })
+    }
+}
+
+impl Settings {
+    /// Checks every option except the table name (validated by
+    /// [`TableName::new`]).
+    pub fn validate(&self) -> Result<(), OptionError> {
+        require(
+            self.statement_timeout >= Duration::from_millis(1),
+            "statement_timeout",
+            "must be at least 1 ms",
+        )?;
+        require(
+            self.keepalives_idle.as_secs() >= 1 && self.keepalives_interval.as_secs() >= 1,
+            "tcp_keepalives",
+            "idle and interval must be at least 1 s",
+        )?;
+        require(
+            self.keepalives_count >= 1,
+            "tcp_keepalives",
+            "count must be at least 1",
+        )?;
+        let name = &self.application_name;
+        require(
+            !name.is_empty()
+                && name.len() <= 63
+                && name.chars().all(|c| c.is_ascii_graphic() || c == ' '),
+            "application_name",
+            "must be 1 to 63 printable ASCII characters",
+        )
+    }
+
+    /// The GUCs of the lock session, as `(name, value)` pairs in server
+    /// units: `statement_timeout` (ms), then [`Settings::keepalive_gucs`].
+    pub fn session_gucs(&self) -> Vec<(&'static str, String)> {
+        let mut gucs = vec![(
+            "statement_timeout",
+            self.statement_timeout.as_millis().to_string(),
+        )];
+        gucs.extend(self.keepalive_gucs());
+        gucs
+    }
+
+    /// The server-side TCP keepalive GUCs (seconds / count).
+    pub fn keepalive_gucs(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "tcp_keepalives_idle",
+                self.keepalives_idle.as_secs().to_string(),
+            ),
+            (
+                "tcp_keepalives_interval",
+                self.keepalives_interval.as_secs().to_string(),
+            ),
+            ("tcp_keepalives_count", self.keepalives_count.to_string()),
+        ]
+    }
+
+    /// How long the client waits for any one call on the session before it
+    /// gives the session up: the statement timeout plus slack for the
+    /// network, so the server's timeout normally fires first.
+    pub fn call_timeout(&self) -> Duration {
+        self.statement_timeout + Duration::from_secs(2)
+    }
+
+    /// `application_name` of a notification listener: the session's name
+    /// with `:listen` appended, cut to PostgreSQL's 63 bytes.
+    pub fn listen_application_name(&self) -> String {
+        let mut name = format!("{}:listen", self.application_name);
+        while name.len() > 63 {
+            name.pop();
+        }
+        name
+    }
+}
+
+/// `options` connection parameter text: `-c name=value` for each GUC,
+/// appended to `existing` options (if any).
+pub fn startup_options(existing: Option<&str>, gucs: &[(&'static str, String)]) -> String {
+    let ours: Vec<String> = gucs.iter().map(|(k, v)| format!("-c {k}={v}")).collect();
+    match existing {
+        Some(existing) if !existing.trim().is_empty() => {
+            format!("{existing} {}", ours.join(" "))
+        }
+        _ => ours.join(" "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_options_do_not() {
+        let ok = Settings::default();
+        assert_eq!(ok.validate(), Ok(()));
+        let field = |s: Settings| s.validate().unwrap_err().field;
+        let s = |f: fn(&mut Settings)| {
+            let mut s = Settings::default();
+            f(&mut s);
+            s
+        };
+        assert_eq!(
+            field(s(|s| s.statement_timeout = Duration::ZERO)),
+            "statement_timeout"
+        );
+        assert_eq!(
+            field(s(|s| s.keepalives_idle = Duration::ZERO)),
+            "tcp_keepalives"
+        );
+        assert_eq!(field(s(|s| s.keepalives_count = 0)), "tcp_keepalives");
+        assert_eq!(
+            field(s(|s| s.application_name = String::new())),
+            "application_name"
+        );
+        assert_eq!(
+            field(s(|s| s.application_name = "é".to_owned())),
+            "application_name"
+        );
+        let e = OptionError {
+            field: "x",
+            rule: "y",
+        };
+        assert_eq!(e.to_string(), "invalid option `x`: y");
+    }
+
+    #[test]
+    fn gucs_and_names() {
+        let s = Settings::default();
+        let gucs = s.session_gucs();
+        assert_eq!(gucs[0], ("statement_timeout", "5000".to_owned()));
+        assert_eq!(gucs[1], ("tcp_keepalives_idle", "5".to_owned()));
+        assert_eq!(gucs[3], ("tcp_keepalives_count", "3".to_owned()));
+        assert_eq!(s.keepalive_gucs().len(), 3);
+        assert_eq!(s.call_timeout(), Duration::from_secs(7));
+        assert_eq!(s.listen_application_name(), "regent:listen");
+        let long = Settings {
+            application_name: "a".repeat(63),
+            ..Settings::default()
+        };
+        assert_eq!(long.listen_application_name().len(), 63);
+        let g = [("a", "1".to_owned()), ("b", "2".to_owned())];
+        assert_eq!(startup_options(None, &g), "-c a=1 -c b=2");
+        assert_eq!(startup_options(Some(" "), &g), "-c a=1 -c b=2");
+        assert_eq!(startup_options(Some("-c x=y"), &g), "-c x=y -c a=1 -c b=2");
+    }
+}
