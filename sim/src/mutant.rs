@@ -81,7 +81,8 @@ impl FromStr for Mutant {
 pub(crate) struct Ctx {
     /// The node's monotonic clock.
     pub(crate) now: LocalInstant,
-    /// The node's wall clock (only the wall-clock mutant reads it).
+    /// The node's wall clock (only mutants read it; the world fills it in
+    /// only when running one).
     pub(crate) wall: DbTimestamp,
 }
 
@@ -194,6 +195,14 @@ impl Subject {
     }
 
     pub(crate) fn handle_result(&mut self, ctx: Ctx, id: CommandId, result: CommandResult) {
+        if self.mutant.is_none() {
+            // The real machine: nothing is faked (no fake ids, no renewals
+            // tracked), so the result goes straight in, without being moved
+            // through the match below.
+            self.last_now = ctx.now;
+            self.inner.handle_result(ctx.now, id, result);
+            return;
+        }
         self.before(ctx);
         if self.fake.remove(&id) {
             return;
@@ -215,6 +224,10 @@ impl Subject {
     }
 
     pub(crate) fn poll_command(&mut self) -> Option<Command> {
+        if self.mutant.is_none() {
+            // Only a mutant queues or inspects commands.
+            return self.inner.poll_command();
+        }
         if let Some(c) = self.queued.pop_front() {
             return Some(c);
         }
@@ -246,6 +259,9 @@ impl Subject {
 
     pub(crate) fn poll_timeout(&self) -> Option<LocalInstant> {
         let inner = self.inner.poll_timeout();
+        if self.renews.is_empty() {
+            return inner;
+        }
         let margin = Duration::from_millis(1);
         self.renews
             .values()
@@ -264,19 +280,36 @@ impl Subject {
         self.inner.is_leader(role, now)
     }
 
-    /// Until when (exclusive) `is_leader(role, ·)` stays true if no input
-    /// arrives, given that it is true now: the machine's local deadline, or
-    /// forever for the mutant that ignores it. Only a hint for the world's
-    /// cache; `is_leader` stays the authority.
-    pub(crate) fn belief_until(&self, role: &Role) -> LocalInstant {
-        if self.mutant == Some(Mutant::IgnoresDeadline) {
-            return LocalInstant::from_nanos(u64::MAX);
+    /// `role`'s state, and — if [`Subject::is_leader`] holds at `now` — the
+    /// term and until when (exclusive) `is_leader(role, ·)` stays true if no
+    /// input arrives: the machine's local deadline, or forever for the
+    /// mutant that ignores it. The same answers as those calls, with one
+    /// lookup of the role for a node that does not lead it (the world reads
+    /// this after every input to every node, to cache beliefs; `is_leader`
+    /// stays the authority).
+    pub(crate) fn view(
+        &self,
+        role: &Role,
+        now: LocalInstant,
+    ) -> (Option<RoleState>, Option<(Option<Term>, LocalInstant)>) {
+        let state = self.inner.state(role);
+        // `Machine::is_leader`: leading (leader or suspect) and `now` before
+        // the deadline.
+        let leading = matches!(
+            state,
+            Some(RoleState::Leader { .. } | RoleState::Suspect { .. })
+        );
+        if !leading {
+            return (state, None);
         }
-        self.inner.deadline(role).unwrap_or(LocalInstant::ZERO)
-    }
-
-    pub(crate) fn state(&self, role: &Role) -> Option<RoleState> {
-        self.inner.state(role)
+        if self.mutant == Some(Mutant::IgnoresDeadline) {
+            let forever = LocalInstant::from_nanos(u64::MAX);
+            return (state, Some((self.inner.term(role), forever)));
+        }
+        match self.inner.deadline(role) {
+            Some(deadline) if now < deadline => (state, Some((self.inner.term(role), deadline))),
+            _ => (state, None),
+        }
     }
 
     pub(crate) fn term(&self, role: &Role) -> Option<Term> {

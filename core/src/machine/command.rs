@@ -21,9 +21,11 @@ impl fmt::Display for CommandId {
 
 /// A backend call the machine wants made. The driver runs it and hands the
 /// result back with [`Machine::handle_result`](crate::Machine::handle_result)
-/// and the same [`CommandId`]. Commands may run concurrently; the machine
-/// never has two of the same kind in flight, and never sends a command
-/// about a role's lock while another one about that lock is in flight.
+/// and the same [`CommandId`]. Commands may run concurrently. The machine
+/// has at most one `TryLock`, `Renew`, `Validate`, `Ping`, `Preempt` and
+/// `ResetSession` in flight at a time (several `Claim`s, `Release`s and
+/// `Notify`s may be, for different roles), and never sends a command about
+/// a role's lock while another one about that lock is in flight.
 ///
 /// A result that arrives after the machine gave up on a command (after
 /// [`Config::attempt_timeout`](crate::Config::attempt_timeout)) is ignored,

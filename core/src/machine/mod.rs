@@ -162,6 +162,7 @@ impl Machine {
     /// `now` is before its local deadline. Checked on every call, so a node
     /// that stops hearing from the database stops leading on time even if
     /// [`Machine::handle_timeout`] is late.
+    #[inline]
     pub fn is_leader(&self, role: &Role, now: LocalInstant) -> bool {
         self.roles
             .get(role)
@@ -169,16 +170,19 @@ impl Machine {
     }
 
     /// The state of `role`, if it was added.
+    #[inline]
     pub fn state(&self, role: &Role) -> Option<RoleState> {
         self.roles.get(role).map(|e| e.state)
     }
 
     /// The term this node holds for `role` (leading or elect).
+    #[inline]
     pub fn term(&self, role: &Role) -> Option<Term> {
         self.roles.get(role).and_then(|e| e.term)
     }
 
     /// The local deadline of `role`'s current lease, while held.
+    #[inline]
     pub fn deadline(&self, role: &Role) -> Option<LocalInstant> {
         self.roles.get(role).and_then(|e| e.deadline)
     }
@@ -203,11 +207,13 @@ impl Machine {
     // ----- outputs -----------------------------------------------------
 
     /// The next command to run, if any.
+    #[inline]
     pub fn poll_command(&mut self) -> Option<Command> {
         self.commands.pop_front()
     }
 
     /// The next event for the application, if any.
+    #[inline]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }

@@ -155,13 +155,17 @@ impl Machine {
         let retry = self.jittered_retry();
         let now = self.now;
         let db_now = out.db_now;
+        let mut attempts = out.attempts;
         for (role, epoch) in roles {
             if !(self.current(role, *epoch) && self.is_state(role, RoleState::Candidate)) {
                 continue;
             }
-            let attempt = out.attempts.iter().find(|a| &a.role == role);
-            let granted = attempt.is_some_and(|a| a.granted);
-            let lease = attempt.and_then(|a| a.lease.clone());
+            let attempt = attempts.iter_mut().find(|a| &a.role == role);
+            let granted = attempt.as_ref().is_some_and(|a| a.granted);
+            // Each role of a batch is distinct (`drive` lists each due role
+            // once), so each attempt's row is read here at most once: move
+            // it out rather than clone it.
+            let lease = attempt.and_then(|a| a.lease.take());
             if granted {
                 if let Some(e) = self.roles.get_mut(role) {
                     e.lock = LockHold::Held;

@@ -4,9 +4,39 @@
 use std::time::Duration;
 
 use crate::backend::{BackendError, HeldLease};
-use crate::machine::role::{Intent, LockHold, ReleasePhase, RoleState};
+use crate::machine::role::{Intent, LockHold, ReleasePhase, RoleEntry, RoleState};
 use crate::machine::{Command, CommandId, InFlight, Machine, Pending, StepDownReason};
 use crate::types::{LocalInstant, Role};
+
+/// Which batch kinds of command are in flight, from one pass over them.
+#[derive(Default)]
+struct BatchInFlight {
+    reset: bool,
+    try_lock: bool,
+    renew: bool,
+    validate: bool,
+    ping: bool,
+}
+
+impl RoleEntry {
+    /// Whether `Machine::advance_role` has anything to do for this role
+    /// at `now` (its match arms, exactly).
+    fn due(&self, now: LocalInstant) -> bool {
+        let expired = self.renewable() && self.deadline.is_some_and(|d| now >= d);
+        match self.state {
+            RoleState::Leader { .. } | RoleState::Suspect { .. } | RoleState::Elect { .. }
+                if expired =>
+            {
+                true
+            }
+            RoleState::Elect { lead_at } => now >= lead_at,
+            RoleState::Releasing {
+                phase: ReleasePhase::Draining { until },
+            } => now >= until || expired,
+            _ => false,
+        }
+    }
+}
 
 impl Machine {
     /// Moves the clock to `now` (never back), times out overdue commands,
@@ -28,6 +58,12 @@ impl Machine {
                 let timeout = self.config.attempt_timeout();
                 self.on_result(flight, Err(BackendError::Timeout(timeout)));
             }
+        }
+        // Most inputs find nothing due. `advance_role` leaves a role with
+        // nothing due untouched, so when no role is due the loop below is a
+        // no-op: skip it, and the clone of every role's name it needs.
+        if !self.roles.values().any(|e| e.due(now)) {
+            return;
         }
         let roles: Vec<Role> = self.roles.keys().cloned().collect();
         for role in roles {
@@ -70,10 +106,11 @@ impl Machine {
         for f in self.in_flight.values() {
             at(f.expires_at);
         }
+        let batch = self.batch_in_flight();
+        let try_in_flight = batch.try_lock;
         // While the session is being reset, `drive` sends nothing: waking
         // for renewals, validations, tries or pings then would only spin.
-        let resetting = self.reset_wanted || self.kind_in_flight(|p| matches!(p, Pending::Reset));
-        let try_in_flight = self.kind_in_flight(|p| matches!(p, Pending::TryLock(_)));
+        let resetting = self.reset_wanted || batch.reset;
         let mut any_renewable = false;
         let mut any_lock = false;
         let mut any_active = false;
@@ -106,13 +143,13 @@ impl Machine {
         if resetting {
             return wake;
         }
-        if any_renewable && !self.kind_in_flight(|p| matches!(p, Pending::Renew(_))) {
+        if any_renewable && !batch.renew {
             at(self.next_renew);
         }
-        if any_lock && !self.kind_in_flight(|p| matches!(p, Pending::Validate(_))) {
+        if any_lock && !batch.validate {
             at(self.next_validate);
         }
-        if any_active && !self.kind_in_flight(|p| matches!(p, Pending::Ping)) {
+        if any_active && !batch.ping {
             at(self.last_sent + self.config.keepalive_interval());
         }
         wake
@@ -138,25 +175,30 @@ impl Machine {
             }
             return;
         }
-        if self.kind_in_flight(|p| matches!(p, Pending::Reset)) {
+        // Each flag is read once below, and every command sent before that
+        // read is of another kind: the flags stay exact.
+        let batch = self.batch_in_flight();
+        if batch.reset {
             return;
         }
-        // Renew every held lease in one statement.
-        let leases: Vec<HeldLease> = self
-            .roles
-            .values()
-            .filter(|e| e.renewable())
-            .filter_map(|e| {
-                e.term.map(|term| HeldLease {
-                    role: e.role.clone(),
-                    term,
+        // Renew every held lease in one statement. (The list is built only
+        // when a renewal is due: building it costs a clone per role.)
+        let renew_due = now >= self.next_renew && !batch.renew;
+        let leases: Vec<HeldLease> = if renew_due {
+            self.roles
+                .values()
+                .filter(|e| e.renewable())
+                .filter_map(|e| {
+                    e.term.map(|term| HeldLease {
+                        role: e.role.clone(),
+                        term,
+                    })
                 })
-            })
-            .collect();
-        if !leases.is_empty()
-            && now >= self.next_renew
-            && !self.kind_in_flight(|p| matches!(p, Pending::Renew(_)))
-        {
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if !leases.is_empty() {
             let id = self.next_id();
             self.send(
                 Command::Renew {
@@ -167,16 +209,17 @@ impl Machine {
             );
         }
         // Validate held (or unknown) locks.
-        let to_validate: Vec<(Role, u64)> = self
-            .roles
-            .values()
-            .filter(|e| e.lock != LockHold::NotHeld)
-            .map(|e| (e.role.clone(), e.lock_epoch))
-            .collect();
-        if !to_validate.is_empty()
-            && now >= self.next_validate
-            && !self.kind_in_flight(|p| matches!(p, Pending::Validate(_)))
-        {
+        let validate_due = now >= self.next_validate && !batch.validate;
+        let to_validate: Vec<(Role, u64)> = if validate_due {
+            self.roles
+                .values()
+                .filter(|e| e.lock != LockHold::NotHeld)
+                .map(|e| (e.role.clone(), e.lock_epoch))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if !to_validate.is_empty() {
             let id = self.next_id();
             let roles = to_validate.iter().map(|(r, _)| r.clone()).collect();
             self.send(
@@ -206,7 +249,7 @@ impl Machine {
         // Try every follower that is due, in one batch. Never while an
         // earlier command about the same lock may still run: a late release
         // would unlock the new hold.
-        if !self.kind_in_flight(|p| matches!(p, Pending::TryLock(_))) {
+        if !batch.try_lock {
             let due: Vec<Role> = self
                 .roles
                 .values()
@@ -236,13 +279,26 @@ impl Machine {
         }
         // Keep an idle session alive.
         let active = self.roles.values().any(|e| e.state != RoleState::Stopped);
-        if active
-            && now >= self.last_sent + self.config.keepalive_interval()
-            && !self.kind_in_flight(|p| matches!(p, Pending::Ping))
-        {
+        if active && now >= self.last_sent + self.config.keepalive_interval() && !batch.ping {
             let id = self.next_id();
             self.send(Command::Ping { id }, Pending::Ping);
         }
+    }
+
+    /// Which batch kinds are in flight.
+    fn batch_in_flight(&self) -> BatchInFlight {
+        let mut b = BatchInFlight::default();
+        for f in self.in_flight.values() {
+            match f.pending {
+                Pending::Reset => b.reset = true,
+                Pending::TryLock(_) => b.try_lock = true,
+                Pending::Renew(_) => b.renew = true,
+                Pending::Validate(_) => b.validate = true,
+                Pending::Ping => b.ping = true,
+                _ => {}
+            }
+        }
+        b
     }
 
     /// Whether a command whose pending kind matches `f` is in flight.

@@ -47,11 +47,16 @@ impl SimDb {
         token: Term,
     ) -> Result<FencedOutcome, BackendError> {
         self.up_or_transient()?;
-        let key = (namespace.clone(), role.clone());
-        let row = self.rows.get(&key);
+        let row = self.rows.get(namespace, role);
         let matches = row.is_some_and(|r| r.holder == writer.as_str() && r.term == token);
         let row_term = row.map(|r| r.term);
-        let res = self.fenced.entry(key).or_default();
+        if self.fenced.get(namespace, role).is_none() {
+            self.fenced
+                .insert(namespace, role, FencedResource::default());
+        }
+        let Some(res) = self.fenced.get_mut(namespace, role) else {
+            return Ok(FencedOutcome::Rejected { row_term });
+        };
         if matches {
             res.accepted += 1;
             res.last = Some(token);

@@ -26,11 +26,11 @@ impl SimDb {
     ) -> Result<ClaimOutcome, BackendError> {
         self.session(pid)?;
         let now = self.now;
-        let key = (namespace.clone(), role.clone());
-        let previous = self.rows.get(&key).cloned();
+        let previous = self.rows.get(namespace, role).cloned();
         let term = Term(previous.as_ref().map_or(0, |r| r.term.0) + 1);
         self.rows.insert(
-            key,
+            namespace,
+            role,
             LeaseRecord {
                 namespace: namespace.clone(),
                 role: role.clone(),
@@ -66,8 +66,7 @@ impl SimDb {
         let now = self.now;
         let mut renewed = Vec::new();
         for h in held {
-            let key = (namespace.clone(), h.role.clone());
-            if let Some(row) = self.rows.get_mut(&key)
+            if let Some(row) = self.rows.get_mut(namespace, &h.role)
                 && row.holder == holder.as_str()
                 && row.term == h.term
             {
@@ -97,8 +96,7 @@ impl SimDb {
     ) -> Result<bool, BackendError> {
         self.session(pid)?;
         let now = self.now;
-        let key = (namespace.clone(), role.clone());
-        match self.rows.get_mut(&key) {
+        match self.rows.get_mut(namespace, role) {
             Some(row) if row.holder == holder.as_str() && row.term == term => {
                 if row.lease_until > now {
                     row.lease_until = now;
@@ -121,7 +119,7 @@ impl SimDb {
         self.up_or_transient()?;
         let rows = roles
             .iter()
-            .filter_map(|r| self.rows.get(&(namespace.clone(), r.clone())).cloned())
+            .filter_map(|r| self.rows.get(namespace, r).cloned())
             .collect();
         Ok((self.now, rows))
     }

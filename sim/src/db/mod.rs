@@ -28,6 +28,54 @@ pub type Pid = i64;
 /// The key of an advisory lock and of a lease row.
 pub type LockKey = (Namespace, Role);
 
+/// A map keyed by `(namespace, role)`, nested so that lookups borrow the
+/// names instead of cloning them into a key (the simulator looks up locks
+/// and rows several times per step). Iterates in `(namespace, role)` order,
+/// like a map keyed by [`LockKey`].
+#[derive(Debug, Clone)]
+pub(crate) struct Keyed<V>(BTreeMap<Namespace, BTreeMap<Role, V>>);
+
+impl<V> Default for Keyed<V> {
+    fn default() -> Self {
+        Self(BTreeMap::new())
+    }
+}
+
+impl<V> Keyed<V> {
+    pub(crate) fn get(&self, namespace: &Namespace, role: &Role) -> Option<&V> {
+        self.0.get(namespace).and_then(|m| m.get(role))
+    }
+
+    pub(crate) fn get_mut(&mut self, namespace: &Namespace, role: &Role) -> Option<&mut V> {
+        self.0.get_mut(namespace).and_then(|m| m.get_mut(role))
+    }
+
+    pub(crate) fn insert(&mut self, namespace: &Namespace, role: &Role, v: V) {
+        if let Some(slot) = self.get_mut(namespace, role) {
+            *slot = v;
+        } else {
+            self.0
+                .entry(namespace.clone())
+                .or_default()
+                .insert(role.clone(), v);
+        }
+    }
+
+    pub(crate) fn remove(&mut self, namespace: &Namespace, role: &Role) -> Option<V> {
+        self.0.get_mut(namespace).and_then(|m| m.remove(role))
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
+        self.0.values().flat_map(BTreeMap::values)
+    }
+
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&V) -> bool) {
+        for m in self.0.values_mut() {
+            m.retain(|_, v| keep(v));
+        }
+    }
+}
+
 /// What the server says to `pg_terminate_backend` when preempting zombies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TerminatePrivilege {
@@ -72,9 +120,9 @@ pub struct SimDb {
     privilege: TerminatePrivilege,
     sessions: BTreeMap<Pid, Session>,
     /// Lock → (holding pid, re-entrancy count).
-    locks: BTreeMap<LockKey, (Pid, u32)>,
-    rows: BTreeMap<LockKey, LeaseRecord>,
-    fenced: BTreeMap<LockKey, FencedResource>,
+    locks: Keyed<(Pid, u32)>,
+    rows: Keyed<LeaseRecord>,
+    fenced: Keyed<FencedResource>,
     /// Sessions that ended since the last [`SimDb::take_ended`].
     ended: Vec<(Pid, SessionEnd)>,
 }
@@ -94,9 +142,9 @@ impl SimDb {
             next_pid: 1000,
             privilege,
             sessions: BTreeMap::new(),
-            locks: BTreeMap::new(),
-            rows: BTreeMap::new(),
-            fenced: BTreeMap::new(),
+            locks: Keyed::default(),
+            rows: Keyed::default(),
+            fenced: Keyed::default(),
             ended: Vec::new(),
         }
     }
@@ -182,7 +230,7 @@ impl SimDb {
         if self.sessions.remove(&pid).is_none() {
             return false;
         }
-        self.locks.retain(|_, (holder, _)| *holder != pid);
+        self.locks.retain(|(holder, _)| *holder != pid);
         self.ended.push((pid, why));
         true
     }
@@ -201,13 +249,13 @@ impl SimDb {
 
     /// The pid holding `key`'s advisory lock and its re-entrancy count.
     pub fn lock_holder(&self, key: &LockKey) -> Option<(Pid, u32)> {
-        self.locks.get(key).copied()
+        self.locks.get(&key.0, &key.1).copied()
     }
 
     /// Whether session `pid` holds the lock of `(namespace, role)`.
     pub fn holds(&self, pid: Pid, namespace: &Namespace, role: &Role) -> bool {
         self.locks
-            .get(&(namespace.clone(), role.clone()))
+            .get(namespace, role)
             .is_some_and(|(p, _)| *p == pid)
     }
 
@@ -226,10 +274,9 @@ impl SimDb {
         self.session(pid)?;
         let mut attempts = Vec::with_capacity(roles.len());
         for role in roles {
-            let key = (namespace.clone(), role.clone());
-            let granted = match self.locks.get_mut(&key) {
+            let granted = match self.locks.get_mut(namespace, role) {
                 None => {
-                    self.locks.insert(key.clone(), (pid, 1));
+                    self.locks.insert(namespace, role, (pid, 1));
                     true
                 }
                 Some((holder, count)) if *holder == pid => {
@@ -241,7 +288,7 @@ impl SimDb {
             attempts.push(LockAttempt {
                 role: role.clone(),
                 granted,
-                lease: self.rows.get(&key).cloned(),
+                lease: self.rows.get(namespace, role).cloned(),
             });
         }
         Ok(TryLockOutcome {
@@ -262,12 +309,11 @@ impl SimDb {
         role: &Role,
     ) -> Result<bool, BackendError> {
         self.session(pid)?;
-        let key = (namespace.clone(), role.clone());
-        match self.locks.get_mut(&key) {
+        match self.locks.get_mut(namespace, role) {
             Some((holder, count)) if *holder == pid => {
                 *count -= 1;
                 if *count == 0 {
-                    self.locks.remove(&key);
+                    self.locks.remove(namespace, role);
                 }
                 Ok(true)
             }
@@ -319,17 +365,20 @@ impl SimDb {
         grace: Duration,
     ) -> Result<PreemptOutcome, BackendError> {
         self.session(pid)?;
-        let key = (lease.namespace.clone(), lease.role.clone());
+        let (namespace, role) = (&lease.namespace, &lease.role);
         let Some(target) = lease.session else {
             return Ok(PreemptOutcome::NotZombie);
         };
-        let row_matches = self.rows.get(&key).is_some_and(|row| {
+        let row_matches = self.rows.get(namespace, role).is_some_and(|row| {
             row.holder == lease.holder
                 && row.term == lease.term
                 && row.session == Some(target)
                 && self.now > row.lease_until + grace
         });
-        let holds = self.locks.get(&key).is_some_and(|(p, _)| *p == target);
+        let holds = self
+            .locks
+            .get(namespace, role)
+            .is_some_and(|(p, _)| *p == target);
         if !row_matches || !holds {
             return Ok(PreemptOutcome::NotZombie);
         }
@@ -342,12 +391,12 @@ impl SimDb {
 
     /// The fenced resource of `(namespace, role)`, if anything was written.
     pub fn fenced(&self, key: &LockKey) -> Option<&FencedResource> {
-        self.fenced.get(key)
+        self.fenced.get(&key.0, &key.1)
     }
 
     /// The lease row of `(namespace, role)`.
     pub fn row(&self, key: &LockKey) -> Option<&LeaseRecord> {
-        self.rows.get(key)
+        self.rows.get(&key.0, &key.1)
     }
 }
 

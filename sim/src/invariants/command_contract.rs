@@ -16,8 +16,43 @@ use crate::time::SimTime;
 #[derive(Debug, Clone)]
 struct Flight {
     kind: &'static str,
+    /// `kind`, classified once (comparing codes is cheaper than names).
+    code: Kind,
     roles: Vec<usize>,
     expires: LocalInstant,
+}
+
+/// A command kind as the contract sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Kind {
+    /// Index in `BATCH` (or `OTHER`), then in `LOCK` for `claim`/`release`.
+    id: u8,
+    batch: bool,
+    lock: bool,
+}
+
+const OTHER: u8 = u8::MAX;
+
+impl Kind {
+    fn of(kind: &str) -> Self {
+        let batch = BATCH.iter().position(|k| *k == kind);
+        let lock = LOCK.contains(&kind);
+        let id = match (batch, kind) {
+            (Some(i), _) => i as u8,
+            (None, "claim") => BATCH.len() as u8,
+            (None, "release") => BATCH.len() as u8 + 1,
+            (None, _) => OTHER,
+        };
+        Self {
+            id,
+            batch: batch.is_some(),
+            lock,
+        }
+    }
+
+    fn same(self, other: Self) -> bool {
+        self.id != OTHER && self.id == other.id
+    }
 }
 
 /// Commands in flight, per node.
@@ -59,12 +94,13 @@ impl CommandContract {
     ) -> Option<Violation> {
         let open = self.open.get_mut(node)?;
         open.retain(|_, f| f.expires > now);
+        let code = Kind::of(kind);
         let mut found = None;
-        if BATCH.contains(&kind) && open.values().any(|f| f.kind == kind) {
+        if code.batch && open.values().any(|f| code.same(f.code)) {
             found = Some(format!("a second {kind} while one is in flight"));
         }
-        if LOCK.contains(&kind) {
-            for f in open.values().filter(|f| LOCK.contains(&f.kind)) {
+        if code.lock {
+            for f in open.values().filter(|f| f.code.lock) {
                 if let Some(r) = roles.iter().find(|r| f.roles.contains(r)) {
                     found = Some(format!(
                         "{kind} about the lock of r{r} while {} about it is in flight",
@@ -73,10 +109,10 @@ impl CommandContract {
                 }
             }
         }
-        if kind == "reset_session" && open.values().any(|f| LOCK.contains(&f.kind)) {
+        if kind == "reset_session" && open.values().any(|f| f.code.lock) {
             found = Some("reset_session while a lock command is in flight".to_owned());
         }
-        if (kind == "claim" || kind == "release") && open.values().any(|f| f.kind == kind) {
+        if (kind == "claim" || kind == "release") && open.values().any(|f| code.same(f.code)) {
             // Per-role kinds: several roles may have one each in flight.
             *cov.entry(if kind == "claim" {
                 "claims_in_flight_for_two_roles"
@@ -89,6 +125,7 @@ impl CommandContract {
             id,
             Flight {
                 kind,
+                code,
                 roles,
                 expires,
             },

@@ -41,6 +41,11 @@ pub(crate) struct Checker {
     pub(crate) contract: Option<command_contract::CommandContract>,
     pub(crate) liveness: liveness::Liveness,
     pub(crate) violations: Vec<Violation>,
+    /// While the believers stay the same and no lease end moves earlier:
+    /// the earliest lease end among them (every one was covered when it
+    /// was computed). Until the database clock reaches it, every belief is
+    /// still covered and `lease_covers` has nothing to find.
+    covered_until: Option<DbTimestamp>,
 }
 
 impl Checker {
@@ -61,6 +66,7 @@ impl Checker {
             contract: real_machine.then(|| command_contract::CommandContract::new(nodes)),
             liveness: liveness::Liveness::new(roles, bound),
             violations: Vec::new(),
+            covered_until: None,
         }
     }
 
@@ -71,27 +77,60 @@ impl Checker {
     }
 
     /// After every step: who believes it leads each role right now, with
-    /// the term each believes it holds.
+    /// the term each believes it holds. `changed` is false when `leaders`
+    /// and `terms` are exactly as at the previous step.
     pub(crate) fn on_step(
         &mut self,
         at: SimTime,
         db_now: DbTimestamp,
         leaders: &[Vec<usize>],
         terms: &[Vec<Option<Term>>],
+        changed: bool,
         cov: &mut Coverage,
     ) {
-        let v = self.one_leader.check(at, leaders, cov);
-        self.push(v);
+        if self.lease_covers.take_shortened() {
+            self.covered_until = None;
+        }
+        if changed {
+            // `one_leader` looks at how the number of believers changes:
+            // with the same believers it has nothing to do.
+            let v = self.one_leader.check(at, leaders, cov);
+            self.push(v);
+            self.covered_until = None;
+        }
+        if self.covered_until.is_none_or(|until| db_now >= until) {
+            self.covered_until = self.check_leases(at, db_now, leaders, terms);
+        }
+        self.liveness.observe(at, leaders);
+    }
+
+    /// Checks every belief against its lease; returns the earliest lease
+    /// end among them if every one is covered.
+    fn check_leases(
+        &mut self,
+        at: SimTime,
+        db_now: DbTimestamp,
+        leaders: &[Vec<usize>],
+        terms: &[Vec<Option<Term>>],
+    ) -> Option<DbTimestamp> {
+        let mut covered = true;
+        let mut until: Option<DbTimestamp> = None;
         for (role, (who, terms)) in leaders.iter().zip(terms).enumerate() {
             for (&node, &term) in who.iter().zip(terms) {
                 let v = self.lease_covers.check(at, db_now, node, role, term);
                 if v.is_some() {
                     self.push(v);
+                    covered = false;
                     break;
+                }
+                if let Some(end) = self.lease_covers.end(role, term) {
+                    until = Some(until.map_or(end, |u| u.min(end)));
                 }
             }
         }
-        self.liveness.observe(at, leaders);
+        // With no believer at all nothing can be uncovered until the
+        // believers change.
+        covered.then_some(until.unwrap_or(DbTimestamp::from_micros(i64::MAX)))
     }
 
     pub(crate) fn on_claim(&mut self, at: SimTime, node: usize, role: usize, term: Term) {

@@ -205,6 +205,9 @@ struct Node {
     /// Per role: the term it believes it leads with, and until when that
     /// belief holds without new input.
     belief: Vec<Option<(Option<Term>, LocalInstant)>>,
+    /// The earliest `until` in `belief`: the local instant at which a
+    /// belief may run out without new input (`None` without beliefs).
+    belief_ends: Option<LocalInstant>,
 }
 
 impl Node {
@@ -245,6 +248,8 @@ pub(crate) struct World {
     by_pid: BTreeMap<Pid, usize>,
     checker: Checker,
     cov: Coverage,
+    /// `count`s not yet added to `cov`.
+    counts: Counts,
     log: Log,
     leaders: Vec<Vec<usize>>,
     /// Per role: when (and by whom) a lease was last released gracefully,
@@ -253,6 +258,64 @@ pub(crate) struct World {
     /// The term each believer in `leaders` holds.
     terms: Vec<Vec<Option<Term>>>,
     timeline: Timeline,
+    /// A node's beliefs changed since the last step ended (read after an
+    /// input, see `track_elect`).
+    beliefs_changed: bool,
+    /// Scratch buffers of [`World::pump`], kept to reuse their allocations.
+    command_buf: Vec<Command>,
+    event_buf: Vec<regent_core::Event>,
+}
+
+/// Coverage counts keyed by the address of their `&'static str` name, added
+/// to [`Coverage`] (by name) when the run ends: the world counts several
+/// times per step, and finding a name in the map (comparing strings) showed
+/// in profiles. Where a name lands depends on its address, but the sums per
+/// name do not.
+struct Counts {
+    slots: Vec<Option<(&'static str, u64)>>,
+    used: usize,
+}
+
+impl Counts {
+    /// A power of two, far above the number of names counted.
+    const SLOTS: usize = 256;
+
+    fn new() -> Self {
+        Self {
+            slots: vec![None; Self::SLOTS],
+            used: 0,
+        }
+    }
+
+    fn bump(&mut self, what: &'static str, cov: &mut Coverage) {
+        let mask = Self::SLOTS - 1;
+        let mut i = (what.as_ptr() as usize >> 3) & mask;
+        loop {
+            match &mut self.slots[i] {
+                Some((name, n)) if std::ptr::eq(*name, what) => {
+                    *n += 1;
+                    return;
+                }
+                Some(_) => i = (i + 1) & mask,
+                None if self.used < Self::SLOTS / 2 => {
+                    self.slots[i] = Some((what, 1));
+                    self.used += 1;
+                    return;
+                }
+                // Unexpectedly many names: count in the map itself.
+                None => {
+                    *cov.entry(what).or_default() += 1;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add_to(&self, cov: &mut Coverage) {
+        for (name, n) in self.slots.iter().flatten() {
+            *cov.entry(name).or_default() += n;
+        }
+    }
 }
 
 /// How long after the heal every role must have been led.
@@ -329,6 +392,7 @@ impl World {
                 terminated_while_leading: vec![None; cfg.roles],
                 dirty: true,
                 belief: vec![None; cfg.roles],
+                belief_ends: None,
             });
         }
         Ok(Self {
@@ -356,8 +420,12 @@ impl World {
                 cfg.mutant.is_none(),
             ),
             cov: Coverage::new(),
+            counts: Counts::new(),
             log: Log::new(400, cfg.trace),
             timeline: Timeline::new(cfg.nodes, cfg.roles),
+            beliefs_changed: false,
+            command_buf: Vec::new(),
+            event_buf: Vec::new(),
             roles,
             nodes,
             conns: Vec::new(),
@@ -427,10 +495,23 @@ impl World {
     }
 
     fn count(&mut self, what: &'static str) {
-        *self.cov.entry(what).or_default() += 1;
+        self.counts.bump(what, &mut self.cov);
     }
 
     fn role_ix(&self, role: &Role) -> Option<usize> {
+        // The world names its roles `r0`, `r1`, ...: read the index off the
+        // name (digits only, no leading zero, so the name is exactly
+        // `r{index}`) instead of comparing names.
+        let digits = role.as_str().strip_prefix('r')?;
+        let canonical = !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && (digits.len() == 1 || !digits.starts_with('0'));
+        if canonical
+            && let Ok(i) = digits.parse::<usize>()
+            && i < self.roles.len()
+        {
+            return Some(i);
+        }
         self.roles.iter().position(|r| r == role)
     }
 
@@ -547,7 +628,11 @@ impl World {
         SimReport {
             knobs,
             violations: self.checker.violations,
-            coverage: self.cov,
+            coverage: {
+                let mut cov = self.cov;
+                self.counts.add_to(&mut cov);
+                cov
+            },
             events: self.log.count(),
             simulated: now.as_duration(),
             log_hash: self.log.hash(),

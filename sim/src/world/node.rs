@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use regent_core::{Command, CommandId, CommandOutput, CommandResult, Machine, RoleState};
+use regent_core::{
+    Command, CommandId, CommandOutput, CommandResult, DbTimestamp, LocalInstant, Machine, RoleState,
+};
 
 use super::{Conn, Ev, Request, World};
 use crate::mutant::{Ctx, Subject};
@@ -12,9 +14,16 @@ use crate::mutant::{Ctx, Subject};
 impl World {
     fn ctx(&self, n: usize) -> Ctx {
         let clock = &self.nodes[n].clock;
+        // Only mutants read the wall clock: the real machine never sees it,
+        // so it is not worth reading for every input then.
+        let wall = if self.cfg.mutant.is_some() {
+            clock.wall(self.now)
+        } else {
+            DbTimestamp::from_micros(crate::time::DB_EPOCH_MICROS)
+        };
         Ctx {
             now: clock.local(self.now),
-            wall: clock.wall(self.now),
+            wall,
         }
     }
 
@@ -80,8 +89,10 @@ impl World {
     pub(super) fn pump(&mut self, n: usize) {
         self.nodes[n].dirty = true;
         loop {
-            let mut commands = Vec::new();
-            let mut events = Vec::new();
+            // Reuse the buffers of earlier pumps: most inputs produce a
+            // command or an event, and allocating them each time shows.
+            let mut commands = std::mem::take(&mut self.command_buf);
+            let mut events = std::mem::take(&mut self.event_buf);
             if let Some(s) = self.nodes[n].subject.as_mut() {
                 while let Some(c) = s.poll_command() {
                     commands.push(c);
@@ -91,12 +102,14 @@ impl World {
                 }
             }
             let mut immediate = Vec::new();
-            for c in commands {
+            for c in commands.drain(..) {
                 self.dispatch(n, c, &mut immediate);
             }
-            for e in events {
+            for e in events.drain(..) {
                 self.on_machine_event(n, e);
             }
+            self.command_buf = commands;
+            self.event_buf = events;
             if immediate.is_empty() {
                 break;
             }
@@ -140,21 +153,36 @@ impl World {
         }
     }
 
+    /// After an input: notes roles waiting out a lease in `Elect`, and
+    /// reads the node's beliefs (who it leads) while looking at each role
+    /// anyway. Time does not move within a step, so these are the beliefs
+    /// the step ends with unless another input comes.
     fn track_elect(&mut self, n: usize) {
         let local = self.local(n);
         let node = &mut self.nodes[n];
         let Some(s) = node.subject.as_ref() else {
             return;
         };
+        let mut changed = false;
+        let mut ends: Option<LocalInstant> = None;
         for (r, role) in self.roles.iter().enumerate() {
-            match s.state(role) {
+            let (state, belief) = s.view(role, local);
+            match state {
                 Some(RoleState::Elect { lead_at }) if lead_at > local => {
                     node.elect_waiting[r] = true;
                 }
                 Some(RoleState::Elect { .. } | RoleState::Leader { .. }) => {}
                 _ => node.elect_waiting[r] = false,
             }
+            if let Some((_, until)) = belief {
+                ends = Some(ends.map_or(until, |e| e.min(until)));
+            }
+            changed |= node.belief[r].map(|(t, _)| t) != belief.map(|(t, _)| t);
+            node.belief[r] = belief;
         }
+        node.belief_ends = ends;
+        node.dirty = false;
+        self.beliefs_changed |= changed;
     }
 
     fn dispatch(&mut self, n: usize, c: Command, immediate: &mut Vec<(CommandId, CommandResult)>) {
@@ -320,8 +348,17 @@ impl World {
     pub(super) fn fenced_writes(&mut self, n: usize) {
         let local = self.local(n);
         for r in 0..self.roles.len() {
-            let token = {
-                let Some(s) = self.nodes[n].subject.as_ref() else {
+            let node = &self.nodes[n];
+            let token = if !node.dirty {
+                // No input since the beliefs were last read: the machine's
+                // state is as it was then, so `is_leader` at this later
+                // instant is the cached belief unless its deadline passed.
+                match node.belief[r] {
+                    Some((term, until)) if local < until => term,
+                    _ => continue,
+                }
+            } else {
+                let Some(s) = node.subject.as_ref() else {
                     return;
                 };
                 if !s.is_leader(&self.roles[r], local) {

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use regent_core::{Event, StepDownReason};
+use regent_core::{Event, LocalInstant, StepDownReason};
 
 use super::{Ev, World};
+use crate::time::SimTime;
 use crate::timeline::Tag;
 
 impl World {
@@ -107,34 +108,67 @@ impl World {
     }
 
     /// Refreshes node `n`'s cached beliefs if it had input or a belief may
-    /// have run out.
-    fn refresh_beliefs(&mut self, n: usize) {
-        let local = self.nodes[n].clock.local(self.now);
+    /// have run out; returns whether any belief (or its term) changed.
+    fn refresh_beliefs(&mut self, n: usize) -> bool {
         let node = &mut self.nodes[n];
-        let stale = node.dirty
-            || node
-                .belief
-                .iter()
-                .any(|b| b.is_some_and(|(_, until)| local >= until));
-        if !stale {
-            return;
-        }
+        // Reading the node's clock costs a division: only a node that
+        // believes it leads something needs it when it had no input.
+        let local = match (node.dirty, node.belief_ends) {
+            (true, _) => node.clock.local(self.now),
+            (false, Some(ends)) => {
+                let local = node.clock.local(self.now);
+                if local < ends {
+                    return false;
+                }
+                local
+            }
+            (false, None) => return false,
+        };
         node.dirty = false;
+        let mut changed = false;
+        let mut ends: Option<LocalInstant> = None;
         for (r, role) in self.roles.iter().enumerate() {
-            node.belief[r] = match node.subject.as_ref() {
-                Some(s) if s.is_leader(role, local) => Some((s.term(role), s.belief_until(role))),
-                _ => None,
-            };
+            let b = node.subject.as_ref().and_then(|s| s.view(role, local).1);
+            if let Some((_, until)) = b {
+                ends = Some(ends.map_or(until, |e| e.min(until)));
+            }
+            let old = node.belief[r];
+            changed |= old.map(|(t, _)| t) != b.map(|(t, _)| t);
+            node.belief[r] = b;
         }
+        node.belief_ends = ends;
+        changed
     }
 
     /// After every step: who believes it leads, the timeline, the checks.
     pub(super) fn after_step(&mut self) {
         self.sessions_ended();
         let now = self.now;
+        // Beliefs read after this step's inputs (see `track_elect`), then
+        // those of nodes that crashed or whose deadline passed.
+        let mut changed = std::mem::take(&mut self.beliefs_changed);
         for n in 0..self.nodes.len() {
-            self.refresh_beliefs(n);
+            changed |= self.refresh_beliefs(n);
         }
+        // `leaders` and `terms` mirror the beliefs as of the last step: with
+        // no belief changed they are still exact.
+        if changed {
+            self.sync_leaders(now);
+        }
+        let db_now = self.db.now();
+        self.checker.on_step(
+            now,
+            db_now,
+            &self.leaders,
+            &self.terms,
+            changed,
+            &mut self.cov,
+        );
+    }
+
+    /// Brings `leaders` and `terms` up to date with the beliefs, and the
+    /// timeline with them.
+    fn sync_leaders(&mut self, now: SimTime) {
         for r in 0..self.roles.len() {
             let same = {
                 let mut believers = self
@@ -194,8 +228,5 @@ impl World {
             }
             self.terms[r] = terms;
         }
-        let db_now = self.db.now();
-        self.checker
-            .on_step(now, db_now, &self.leaders, &self.terms, &mut self.cov);
     }
 }

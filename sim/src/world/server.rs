@@ -46,20 +46,19 @@ impl World {
     }
 
     fn execute(&mut self, n: usize, pid: i64, cmd: Command) -> CommandResult {
-        let ns = self.ns.clone();
         let lease = self.machine_cfg.lease_duration();
         match cmd {
             Command::TryLock { roles, .. } => {
                 if self.db.is_alive(pid) {
                     for role in &roles {
-                        let held = self.db.holds(pid, &ns, role);
+                        let held = self.db.holds(pid, &self.ns, role);
                         if let Some(r) = self.role_ix(role) {
                             let now = self.now;
                             self.checker.on_try_lock(now, n, r, held);
                         }
                     }
                 }
-                let out = self.db.try_lock(pid, &ns, &roles)?;
+                let out = self.db.try_lock(pid, &self.ns, &roles)?;
                 for a in out.attempts.iter().filter(|a| a.granted) {
                     let r = self.role_ix(&a.role);
                     self.log(n, "db:lock_granted", r, pid as u64, 0);
@@ -67,8 +66,9 @@ impl World {
                 Ok(CommandOutput::TryLock(out))
             }
             Command::Claim { role, .. } => {
-                let holder = self.nodes[n].id.clone();
-                let out = self.db.claim(pid, &ns, &role, &holder, lease)?;
+                let out = self
+                    .db
+                    .claim(pid, &self.ns, &role, &self.nodes[n].id, lease)?;
                 let r = self.role_ix(&role).unwrap_or(0);
                 self.log(n, "db:claim", Some(r), out.term.0, pid as u64);
                 let now = self.now;
@@ -86,8 +86,9 @@ impl World {
                 Ok(CommandOutput::Claim(out))
             }
             Command::Renew { leases, .. } => {
-                let holder = self.nodes[n].id.clone();
-                let out = self.db.renew(pid, &ns, &holder, &leases, lease)?;
+                let out = self
+                    .db
+                    .renew(pid, &self.ns, &self.nodes[n].id, &leases, lease)?;
                 for l in &leases {
                     if let (Some(r), true) = (self.role_ix(&l.role), out.renewed.contains(&l.role))
                     {
@@ -101,9 +102,9 @@ impl World {
                 }
                 Ok(CommandOutput::Renew(out))
             }
-            Command::Validate { roles, .. } => {
-                Ok(CommandOutput::Validate(self.db.held(pid, &ns, &roles)?))
-            }
+            Command::Validate { roles, .. } => Ok(CommandOutput::Validate(
+                self.db.held(pid, &self.ns, &roles)?,
+            )),
             Command::Ping { .. } => {
                 self.db.ping(pid)?;
                 Ok(CommandOutput::Ping)
@@ -124,9 +125,10 @@ impl World {
                 Ok(CommandOutput::Preempt(out))
             }
             Command::Release { role, term, .. } => {
-                let holder = self.nodes[n].id.clone();
                 if let Some(term) = term
-                    && self.db.expire(pid, &ns, &role, &holder, term)?
+                    && self
+                        .db
+                        .expire(pid, &self.ns, &role, &self.nodes[n].id, term)?
                 {
                     let db_now = self.db.now();
                     if let Some(r) = self.role_ix(&role) {
@@ -134,7 +136,7 @@ impl World {
                         self.released[r] = Some((self.now, n));
                     }
                 }
-                self.db.unlock(pid, &ns, &role)?;
+                self.db.unlock(pid, &self.ns, &role)?;
                 self.log(n, "db:released", self.role_ix(&role), pid as u64, 0);
                 Ok(CommandOutput::Released)
             }
@@ -214,9 +216,10 @@ impl World {
     }
 
     pub(super) fn fenced_at_db(&mut self, n: usize, r: usize, token: Term) {
-        let role = self.roles[r].clone();
-        let writer = self.nodes[n].id.clone();
-        match self.db.fenced_write(&self.ns, &role, &writer, token) {
+        match self
+            .db
+            .fenced_write(&self.ns, &self.roles[r], &self.nodes[n].id, token)
+        {
             Ok(FencedOutcome::Accepted) => {
                 self.log(n, "db:fenced_accepted", Some(r), token.0, 0);
                 self.count("fenced_write_accepted");

@@ -1,0 +1,138 @@
+//! Simulator speed: simulated cluster-hours per wall-minute and events per
+//! second, single core, release build.
+//!
+//! Runs a bounded sweep (default 200 seeds × 60 simulated minutes) of the
+//! deterministic simulator with every fault kind on and `WaitForLease`, for
+//! 5 nodes × 3 roles (the shape the bar is set for) and 3 nodes × 2 roles
+//! (for reference), and prints one table row per shape. One run of 60
+//! simulated minutes is one cluster-hour, whatever the node count. Every
+//! invariant is checked after every step, exactly as in the CI sweeps.
+//!
+//! `cargo bench --bench sim_speed` (`SIM_SPEED_SEEDS`, `SIM_SPEED_MINUTES`
+//! override 200 and 60; `SIM_SPEED_SHAPES=5x3,3x2` picks the shapes).
+//!
+//! The bar (issue requirement): at least 1,000 simulated cluster-hours per
+//! wall-minute at 5 × 3. The process exits non-zero if a seed fails an
+//! invariant; it does not fail on speed (machines differ), but prints
+//! whether the bar was met.
+
+use std::time::{Duration, Instant};
+
+use regent::sim::{FaultSelection, SimConfig, TakeoverPolicy, sweep};
+
+/// Cluster-hours per wall-minute that 5 × 3 must reach.
+const BAR: f64 = 1_000.0;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn shapes() -> Vec<(usize, usize)> {
+    let text = std::env::var("SIM_SPEED_SHAPES").unwrap_or_else(|_| "5x3,3x2".to_owned());
+    text.split(',')
+        .filter_map(|s| {
+            let (n, r) = s.trim().split_once('x')?;
+            Some((n.parse().ok()?, r.parse().ok()?))
+        })
+        .collect()
+}
+
+struct Row {
+    nodes: usize,
+    roles: usize,
+    seeds: u64,
+    failed: usize,
+    cluster_hours: f64,
+    events: u64,
+    wall: Duration,
+}
+
+impl Row {
+    fn per_wall_minute(&self) -> f64 {
+        self.cluster_hours / (self.wall.as_secs_f64() / 60.0)
+    }
+    fn events_per_sec(&self) -> f64 {
+        self.events as f64 / self.wall.as_secs_f64()
+    }
+}
+
+fn measure(nodes: usize, roles: usize, seeds: u64, minutes: f64) -> Row {
+    let base = SimConfig {
+        nodes,
+        roles,
+        duration: Duration::from_secs_f64(minutes * 60.0),
+        faults: FaultSelection::All,
+        policy: TakeoverPolicy::WaitForLease,
+        stop_at_first_violation: true,
+        trace: false,
+        ..SimConfig::default()
+    };
+    let t = Instant::now();
+    let report = sweep(&base, 0..seeds);
+    let wall = t.elapsed();
+    if let Some(first) = report.failures.first() {
+        eprintln!("{first}");
+    }
+    Row {
+        nodes,
+        roles,
+        seeds: report.seeds,
+        failed: report.failures.len(),
+        cluster_hours: report.simulated.as_secs_f64() / 3600.0,
+        events: report.events,
+        wall,
+    }
+}
+
+fn main() {
+    let seeds: u64 = env_or("SIM_SPEED_SEEDS", 200);
+    let minutes: f64 = env_or("SIM_SPEED_MINUTES", 60.0);
+    println!(
+        "regent-sim speed: {seeds} seeds x {minutes} simulated minutes per shape, all faults, \
+         wait-for-lease, every invariant after every step, one thread"
+    );
+    println!(
+        "{:<6} {:>6} {:>8} {:>14} {:>12} {:>10} {:>16} {:>12}",
+        "shape",
+        "seeds",
+        "failed",
+        "cluster-hours",
+        "events",
+        "wall (s)",
+        "cl-h / wall-min",
+        "events/s"
+    );
+    let mut failed = false;
+    let mut bar: Option<f64> = None;
+    for (nodes, roles) in shapes() {
+        let row = measure(nodes, roles, seeds, minutes);
+        println!(
+            "{:<6} {:>6} {:>8} {:>14.1} {:>12} {:>10.2} {:>16.0} {:>12.0}",
+            format!("{}x{}", row.nodes, row.roles),
+            row.seeds,
+            row.failed,
+            row.cluster_hours,
+            row.events,
+            row.wall.as_secs_f64(),
+            row.per_wall_minute(),
+            row.events_per_sec()
+        );
+        failed |= row.failed > 0;
+        if (nodes, roles) == (5, 3) {
+            bar = Some(row.per_wall_minute());
+        }
+    }
+    if let Some(rate) = bar {
+        println!(
+            "5x3: {rate:.0} cluster-hours per wall-minute; bar {BAR:.0}: {}",
+            if rate >= BAR { "met" } else { "NOT met" }
+        );
+    }
+    if failed {
+        eprintln!("a seed failed an invariant (report above)");
+        std::process::exit(1);
+    }
+}
