@@ -17,6 +17,8 @@ pub struct Cluster {
     base: PathBuf,
     port: u16,
     as_postgres: bool,
+    /// Extra `-c name=value` server options (see [`Cluster::start_with`]).
+    extra: String,
 }
 
 fn free_port() -> u16 {
@@ -38,6 +40,12 @@ impl Cluster {
     /// initdb + start on a free loopback port. Panics with a clear message
     /// if the server binaries are missing.
     pub fn start() -> Cluster {
+        Self::start_with("")
+    }
+
+    /// Like [`Cluster::start`], with extra server options appended to the
+    /// command line, e.g. `-c shared_preload_libraries=pg_stat_statements`.
+    pub fn start_with(extra: &str) -> Cluster {
         assert!(
             Path::new(BIN).join("initdb").exists(),
             "PostgreSQL 15 server binaries not found in {BIN}; install postgresql-15"
@@ -52,19 +60,38 @@ impl Cluster {
             base: base.clone(),
             port: free_port(),
             as_postgres,
+            extra: extra.to_owned(),
         };
         std::fs::create_dir_all(base.join("sock")).expect("create cluster dir");
         if as_postgres {
-            c.sh("install", &[
-                "-d", "-o", "postgres", "-g", "postgres", "-m", "700",
-                base.to_str().unwrap(), base.join("sock").to_str().unwrap(),
-            ], false);
+            c.sh(
+                "install",
+                &[
+                    "-d",
+                    "-o",
+                    "postgres",
+                    "-g",
+                    "postgres",
+                    "-m",
+                    "700",
+                    base.to_str().unwrap(),
+                    base.join("sock").to_str().unwrap(),
+                ],
+                false,
+            );
         }
         c.pg(
             "initdb",
             &[
-                "-D", c.data().to_str().unwrap(),
-                "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "-N",
+                "-D",
+                c.data().to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "-N",
             ],
         );
         c.pg_ctl_start();
@@ -86,7 +113,7 @@ impl Cluster {
     }
 
     fn sh(&self, prog: &str, args: &[&str], as_pg: bool) -> std::process::Output {
-        let out = if as_pg && self.as_postgres {
+        if as_pg && self.as_postgres {
             Command::new("runuser")
                 .args(["-u", "postgres", "--", prog])
                 .args(args)
@@ -94,8 +121,7 @@ impl Cluster {
         } else {
             Command::new(prog).args(args).output()
         }
-        .unwrap_or_else(|e| panic!("cannot run {prog}: {e}"));
-        out
+        .unwrap_or_else(|e| panic!("cannot run {prog}: {e}"))
     }
 
     fn pg(&self, tool: &str, args: &[&str]) {
@@ -111,16 +137,24 @@ impl Cluster {
 
     fn pg_ctl_start(&self) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300 {}",
             self.port,
-            self.base.join("sock").display()
+            self.base.join("sock").display(),
+            self.extra
         );
         self.pg(
             "pg_ctl",
             &[
-                "-D", self.data().to_str().unwrap(),
-                "-l", self.base.join("server.log").to_str().unwrap(),
-                "-w", "-t", "30", "-o", &opts, "start",
+                "-D",
+                self.data().to_str().unwrap(),
+                "-l",
+                self.base.join("server.log").to_str().unwrap(),
+                "-w",
+                "-t",
+                "30",
+                "-o",
+                &opts,
+                "start",
             ],
         );
     }
@@ -129,7 +163,16 @@ impl Cluster {
     pub fn stop(&self) {
         self.pg(
             "pg_ctl",
-            &["-D", self.data().to_str().unwrap(), "-m", "fast", "-w", "-t", "30", "stop"],
+            &[
+                "-D",
+                self.data().to_str().unwrap(),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "30",
+                "stop",
+            ],
         );
     }
 
@@ -147,7 +190,10 @@ impl Cluster {
     /// Waits (bounded) until the server accepts TCP connections.
     pub async fn wait_ready(&self) {
         for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -160,7 +206,14 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = self.sh(
             &format!("{BIN}/pg_ctl"),
-            &["-D", self.data().to_str().unwrap_or("/nonexistent"), "-m", "immediate", "-w", "stop"],
+            &[
+                "-D",
+                self.data().to_str().unwrap_or("/nonexistent"),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
             true,
         );
         let _ = std::fs::remove_dir_all(&self.base);

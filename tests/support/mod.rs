@@ -3,5 +3,9 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod fault;
+#[cfg(all(feature = "cli", feature = "sqlx"))]
+pub mod node;
 pub mod pg;
+pub mod pgbouncer;
 pub mod proxy;

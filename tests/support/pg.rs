@@ -24,6 +24,10 @@ pub async fn database_url() -> String {
     if reachable {
         return LOCAL_URL.to_owned();
     }
+    #[cfg(feature = "testcontainers")]
+    if let Some(url) = container_url().await {
+        return url;
+    }
     panic!(
         "no PostgreSQL for the tests: set DATABASE_URL, start the local server \
          (pg_ctlcluster --skip-systemctl-redirect 15 main start), or run with \
@@ -45,4 +49,26 @@ pub fn unique(prefix: &str) -> String {
         N.fetch_add(1, Ordering::Relaxed),
         nanos % 100_000
     )
+}
+
+/// Starts (once per test binary) a PostgreSQL container; `None` if Docker
+/// is not available.
+#[cfg(feature = "testcontainers")]
+async fn container_url() -> Option<String> {
+    use testcontainers_modules::postgres::Postgres;
+    use testcontainers_modules::testcontainers::ContainerAsync;
+    use testcontainers_modules::testcontainers::runners::AsyncRunner;
+    use tokio::sync::OnceCell;
+
+    static CONTAINER: OnceCell<Option<(ContainerAsync<Postgres>, String)>> = OnceCell::const_new();
+    CONTAINER
+        .get_or_init(|| async {
+            let container = Postgres::default().start().await.ok()?;
+            let port = container.get_host_port_ipv4(5432).await.ok()?;
+            let url = format!("postgres://postgres:postgres@127.0.0.1:{port}/postgres");
+            Some((container, url))
+        })
+        .await
+        .as_ref()
+        .map(|(_, url)| url.clone())
 }

@@ -38,7 +38,10 @@ impl Proxy {
     /// Listens on 127.0.0.1 (a free port) and forwards to `upstream`, which
     /// must be a loopback address.
     pub async fn start(upstream: SocketAddr) -> Proxy {
-        assert!(upstream.ip().is_loopback(), "the proxy only targets loopback");
+        assert!(
+            upstream.ip().is_loopback(),
+            "the proxy only targets loopback"
+        );
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let (mode, mode_rx) = watch::channel(Mode::Pass);

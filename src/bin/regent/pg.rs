@@ -1,5 +1,7 @@
 //! The PostgreSQL subcommands: `migrate`, `node`, `status`, `watch`.
 
+mod fenced;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
@@ -7,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use regent::sqlx::SqlxBackend;
 use regent::{
-    Config, DbTimestamp, Elector, Lease, LeaseRecord, Leadership, Namespace, NodeId, Role,
+    Config, DbTimestamp, Elector, Leadership, Lease, LeaseRecord, Namespace, NodeId, Role,
     TakeoverPolicy,
 };
 
@@ -69,6 +71,12 @@ pub(crate) struct NodeArgs {
     /// application_name of the node's session connection.
     #[arg(long, default_value = "regent")]
     application_name: String,
+    /// While leading, increment a counter row in this table (created if
+    /// missing) inside a fenced transaction every ~100 ms and print each
+    /// outcome (`fenced-write ok term N`, `fenced-write refused term N`);
+    /// for fault tests and demos.
+    #[arg(long, value_parser = fenced::CounterTable::parse)]
+    fenced_counter: Option<fenced::CounterTable>,
 }
 
 /// Arguments of `regent status` and `regent watch`.
@@ -116,6 +124,8 @@ pub(crate) async fn migrate(db: DbArgs) -> Result<u8, CliError> {
     Ok(0)
 }
 
+/// The wall-clock time of day in UTC, `HH:MM:SS.mmm`, that starts every
+/// line `node` prints.
 fn now_utc() -> String {
     chrono::Utc::now().format("%H:%M:%S%.3f").to_string()
 }
@@ -149,7 +159,12 @@ pub(crate) async fn node(args: NodeArgs) -> Result<u8, CliError> {
         .map(|r| Role::new(r.as_str()))
         .collect::<Result<Vec<_>, _>>()?;
     let b = backend(&args.db, &args.application_name).await?;
-    let mut builder = Elector::builder(b).namespace(namespace.clone()).config(config);
+    if let Some(table) = &args.fenced_counter {
+        table.prepare(&b, &roles).await?;
+    }
+    let mut builder = Elector::builder(b.clone())
+        .namespace(namespace.clone())
+        .config(config);
     if let Some(id) = &args.node_id {
         builder = builder.node_id(NodeId::new(id.as_str())?);
     }
@@ -164,6 +179,17 @@ pub(crate) async fn node(args: NodeArgs) -> Result<u8, CliError> {
     let mut watchers = Vec::new();
     for role in roles {
         let handle = elector.spawn(role.clone()).await?;
+        if let Some(table) = &args.fenced_counter {
+            let writer = fenced::Writer {
+                backend: b.clone(),
+                table: table.clone(),
+                namespace: namespace.clone(),
+                role: role.clone(),
+                holder: elector.node_id().clone(),
+                handle: handle.clone(),
+            };
+            watchers.push(writer.spawn());
+        }
         let mut rx = handle.watch();
         watchers.push(tokio::spawn(async move {
             loop {
@@ -238,11 +264,10 @@ async fn sqlx_now(b: &SqlxBackend) -> Result<(chrono::DateTime<chrono::Utc>,), C
 }
 
 async fn alive_pids(b: &SqlxBackend, pids: &[i32]) -> Result<Vec<i64>, CliError> {
-    let rows: Vec<(i32,)> =
-        sqlx::query_as("SELECT pid FROM pg_stat_activity WHERE pid = ANY($1)")
-            .bind(pids)
-            .fetch_all(b.pool())
-            .await?;
+    let rows: Vec<(i32,)> = sqlx::query_as("SELECT pid FROM pg_stat_activity WHERE pid = ANY($1)")
+        .bind(pids)
+        .fetch_all(b.pool())
+        .await?;
     Ok(rows.into_iter().map(|(p,)| i64::from(p)).collect())
 }
 
@@ -339,7 +364,12 @@ pub(crate) async fn watch(args: StatusArgs) -> Result<u8, CliError> {
                         key.0,
                         key.1
                     ),
-                    None => println!("{} {}/{}  no leader (lease expired)", now_utc(), key.0, key.1),
+                    None => println!(
+                        "{} {}/{}  no leader (lease expired)",
+                        now_utc(),
+                        key.0,
+                        key.1
+                    ),
                 }
                 seen.insert(key, now);
             }
