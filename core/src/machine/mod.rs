@@ -38,7 +38,7 @@ pub use command::{
 };
 pub use role::{ReleasePhase, RoleState};
 
-use role::{Intent, RoleEntry};
+use role::{Echo, Intent, RoleEntry};
 
 /// A command the machine is waiting on.
 #[derive(Debug, Clone)]
@@ -98,6 +98,8 @@ pub struct Machine {
     reset_wanted: bool,
     preempt_refused: bool,
     lock_epoch: u64,
+    /// The shared instant of the next follower round (see `next_round`).
+    follower_round: Option<LocalInstant>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -138,6 +140,7 @@ impl Machine {
             reset_wanted: false,
             preempt_refused: false,
             lock_epoch: 0,
+            follower_round: None,
         }
     }
 
@@ -297,15 +300,28 @@ impl Machine {
         self.drive();
     }
 
-    /// Another node released `role`: try for it now.
+    /// Another node released `role`: try for it now. A node holding off
+    /// after its own resign ignores the echo of its own release, but not a
+    /// later release by the node that took over.
     pub fn handle_release_notified(&mut self, now: LocalInstant, role: &Role) {
         self.advance(now);
         if let Some(e) = self.roles.get_mut(role)
             && e.state == RoleState::Follower
             && e.next_try > now
-            && !e.held_off(now)
         {
-            e.next_try = now;
+            match (e.held_off(now), e.echo) {
+                (false, _) => e.next_try = now,
+                // The echo of this node's own release after a resign.
+                (true, Echo::Expected) => e.echo = Echo::Seen,
+                // The node that took over from us released too: the
+                // hold-off has done its job.
+                (true, Echo::Seen) => {
+                    e.hold_off_until = now;
+                    e.next_try = now;
+                }
+                // A follower that resigned keeps out of the way.
+                (true, Echo::None) => {}
+            }
         }
         self.drive();
     }

@@ -7,7 +7,7 @@ use crate::config::TakeoverPolicy;
 use crate::machine::command::{
     CommandOutput, CommandResult, Event, ObservedLeader, StepDownReason,
 };
-use crate::machine::role::{Intent, LockHold, ReleasePhase, RoleState};
+use crate::machine::role::{Echo, Intent, LockHold, ReleasePhase, RoleState};
 use crate::machine::{Command, InFlight, Machine, Pending};
 use crate::types::{LocalInstant, Role};
 
@@ -97,8 +97,14 @@ impl Machine {
             }
             (Pending::Release(role, epoch), Ok(CommandOutput::Released)) => {
                 if self.current(&role, epoch) {
+                    let now = self.now;
                     if let Some(en) = self.roles.get_mut(&role) {
                         en.lock = LockHold::NotHeld;
+                        en.echo = if en.held_off(now) {
+                            Echo::Expected
+                        } else {
+                            Echo::None
+                        };
                     }
                     self.bump_epoch(&role);
                     // Only now is the lock free: tell the standbys.
@@ -152,7 +158,7 @@ impl Machine {
     }
 
     fn on_try_lock(&mut self, roles: &[(Role, u64)], out: TryLockOutcome) {
-        let retry = self.jittered_retry();
+        let mut round = None;
         let now = self.now;
         let db_now = out.db_now;
         let mut attempts = out.attempts;
@@ -205,8 +211,12 @@ impl Machine {
                         holder: l.holder.clone(),
                         term: l.term,
                     });
+            let next = match round {
+                Some(t) => t,
+                None => *round.insert(self.next_round()),
+            };
             if let Some(e) = self.roles.get_mut(role) {
-                e.next_try = (now + retry).max(e.hold_off_until);
+                e.next_try = next.max(e.hold_off_until);
                 if e.intent == Intent::Stop {
                     e.state = RoleState::Follower;
                     self.finish(role);

@@ -72,6 +72,17 @@ pub(crate) enum LockHold {
     Unknown,
 }
 
+/// The echo of this node's own release notification during a hold-off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Echo {
+    /// The hold-off did not start with a release by this node.
+    None,
+    /// This node released the role; its own notification is still to come.
+    Expected,
+    /// The own notification came back; a further one is another node's.
+    Seen,
+}
+
 /// What the application wants for the role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Intent {
@@ -102,6 +113,9 @@ pub(crate) struct RoleEntry {
     pub(crate) release_then_stop: bool,
     /// After a resign, no campaigning before this instant.
     pub(crate) hold_off_until: LocalInstant,
+    /// Whether this node released the role at the start of its hold-off,
+    /// and whether the echo of that release has come back yet.
+    pub(crate) echo: Echo,
     /// Changes whenever the lock changes hands on this session, so results of
     /// commands sent before the change are not applied after it.
     pub(crate) lock_epoch: u64,
@@ -122,6 +136,7 @@ impl RoleEntry {
             intent: Intent::Campaign,
             release_then_stop: false,
             hold_off_until: now,
+            echo: Echo::None,
             lock_epoch: 0,
         }
     }

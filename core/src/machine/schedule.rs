@@ -338,6 +338,26 @@ impl Machine {
     }
 
     /// The retry interval plus a random jitter of up to `retry_jitter`.
+    /// When a follower that must wait a retry interval tries next. Every
+    /// follower of the node shares one round, so however many roles it
+    /// follows they go out in one `TryLock` batch per interval (the database
+    /// cost does not grow with the role count). A role joins the round
+    /// already scheduled unless that round is less than a quarter interval
+    /// away; then it starts the next round, which the others join when
+    /// their results come back.
+    pub(super) fn next_round(&mut self) -> LocalInstant {
+        let now = self.now;
+        let quarter = self.config.retry_interval() / 4;
+        if let Some(round) = self.follower_round
+            && round >= now + quarter
+        {
+            return round;
+        }
+        let round = now + self.jittered_retry();
+        self.follower_round = Some(round);
+        round
+    }
+
     pub(super) fn jittered_retry(&mut self) -> Duration {
         let jitter = self.config.retry_jitter().as_nanos() as u64;
         let extra = if jitter == 0 {

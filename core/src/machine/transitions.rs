@@ -132,8 +132,7 @@ impl Machine {
 
     /// The lock of `role` is free: settle into `Follower` or `Stopped`.
     pub(super) fn finish(&mut self, role: &Role) {
-        let now = self.now;
-        let retry = self.jittered_retry();
+        let round = self.next_round();
         let Some(e) = self.roles.get_mut(role) else {
             return;
         };
@@ -149,7 +148,7 @@ impl Machine {
             }
         } else {
             e.state = RoleState::Follower;
-            e.next_try = (now + retry).max(e.hold_off_until);
+            e.next_try = round.max(e.hold_off_until);
         }
     }
 

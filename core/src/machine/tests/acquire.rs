@@ -433,3 +433,31 @@ fn idle_session_is_pinged() {
     assert_eq!(events(&mut m), vec![]);
     assert_eq!(m.poll_timeout(), Some(ms(6000)));
 }
+
+#[test]
+fn followers_that_start_apart_share_one_retry_round() {
+    let mut m = machine();
+    let (a, b) = (r("a"), r("b"));
+    m.add_role(ms(0), a.clone());
+    drain(&mut m);
+    m.handle_result(ms(10), id(1), denied(db(10), &a, None));
+    m.add_role(ms(300), b.clone());
+    assert_eq!(
+        drain(&mut m),
+        vec![Command::TryLock {
+            id: id(2),
+            roles: vec![b.clone()]
+        }]
+    );
+    // b is denied 300 ms later than a, yet joins a's round at 1010 ms.
+    m.handle_result(ms(310), id(2), denied(db(310), &b, None));
+    assert_eq!(m.poll_timeout(), Some(ms(1010)));
+    m.handle_timeout(ms(1010));
+    assert_eq!(
+        drain(&mut m),
+        vec![Command::TryLock {
+            id: id(3),
+            roles: vec![a.clone(), b.clone()]
+        }]
+    );
+}

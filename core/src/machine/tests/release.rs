@@ -430,3 +430,35 @@ fn stop_while_claiming_over_a_running_lease_does_not_expire_it() {
         }]
     );
 }
+
+#[test]
+fn a_held_off_node_ignores_its_own_echo_but_not_the_next_release() {
+    let mut m = machine();
+    let a = r("a");
+    lead(&mut m, &a);
+    m.handle_resign(ms(100), &a);
+    let cmds = drain(&mut m);
+    assert!(cmds.is_empty(), "{cmds:?}");
+    m.handle_drained(ms(110), &a);
+    let release = drain(&mut m);
+    assert!(
+        matches!(release.as_slice(), [Command::Release { .. }]),
+        "{release:?}"
+    );
+    m.handle_result(ms(120), release[0].id(), Ok(CommandOutput::Released));
+    let notify = drain(&mut m);
+    assert!(
+        matches!(notify.as_slice(), [Command::Notify { .. }]),
+        "{notify:?}"
+    );
+    // Held off until 2.1 s: the echo of our own release changes nothing.
+    m.handle_release_notified(ms(130), &a);
+    assert_eq!(drain(&mut m), vec![]);
+    // The node that took over resigns too: try at once.
+    m.handle_release_notified(ms(400), &a);
+    let cmds = drain(&mut m);
+    assert!(
+        matches!(cmds.as_slice(), [Command::TryLock { roles, .. }] if roles == &vec![a.clone()]),
+        "{cmds:?}"
+    );
+}
