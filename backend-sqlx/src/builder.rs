@@ -127,6 +127,16 @@ impl SqlxBackendBuilder {
         self
     }
 
+    /// How long a fenced transaction ([`SqlxBackend::fenced`]) may sit idle,
+    /// and any one statement in it run, before the server ends it (rolled
+    /// back, connection closed, the write does not happen). A takeover waits
+    /// at most this long for a frozen leader's fenced work. Default 10 s; at
+    /// least 1 ms.
+    pub fn fenced_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.fenced_idle_timeout = timeout;
+        self
+    }
+
     /// How session settings are sent; see [`SessionSettings`].
     pub fn session_settings(mut self, how: SessionSettings) -> Self {
         self.settings.session_settings = how;
@@ -218,6 +228,12 @@ mod tests {
         assert!(err(b().application_name("")).contains("application_name"));
         assert!(err(b().max_pool_connections(0)).contains("max_pool_connections"));
         assert!(err(b().connect_timeout(Duration::ZERO)).contains("connect_timeout"));
+        assert!(err(b().fenced_idle_timeout(Duration::ZERO)).contains("fenced_idle_timeout"));
+        assert!(
+            b().fenced_idle_timeout(Duration::from_millis(300))
+                .validate()
+                .is_ok()
+        );
     }
 
     #[test]

@@ -162,6 +162,22 @@ impl SqlxBackend {
     /// leader's claim (which updates the row) waits until in-flight fenced
     /// transactions finish, so their writes land before the takeover.
     ///
+    /// # Time limit
+    ///
+    /// Right after `BEGIN` the transaction sets (`SET LOCAL`)
+    /// `idle_in_transaction_session_timeout` and `statement_timeout` to
+    /// [`SqlxBackendBuilder::fenced_idle_timeout`](crate::SqlxBackendBuilder::fenced_idle_timeout)
+    /// (default 10 s). If the transaction sits idle that long — this process
+    /// paused (`SIGSTOP`, a long GC-like stall) or simply slow between two
+    /// statements — or any one statement in it runs that long, the server
+    /// ends it: the transaction is rolled back and, for the idle case, its
+    /// connection is closed, so the write does **not** happen and the next
+    /// statement or [`commit`](sqlx::Transaction::commit) fails (the pool
+    /// drops the dead connection). This bounds how long a takeover (whose
+    /// claim waits behind the `FOR SHARE` lock) waits for a frozen leader's
+    /// fenced work: at most that long. Keep fenced work short, or raise the
+    /// limit.
+    ///
     /// ```no_run
     /// # async fn demo(backend: regent_sqlx::SqlxBackend) -> Result<(), Box<dyn std::error::Error>> {
     /// use regent_core::{Namespace, NodeId, Role, Term};
@@ -189,6 +205,13 @@ impl SqlxBackend {
             None => FencedError::Database(e),
         };
         let mut tx = inner.pool.begin().await.map_err(db)?;
+        // Bound the transaction, so a frozen caller cannot hold off a
+        // takeover forever (see "Time limit").
+        let limits = postgres::set_local_commands(&inner.settings.fenced_gucs());
+        sqlx::raw_sql(AssertSqlSafe(limits))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
         let row = sqlx::query(AssertSqlSafe(inner.sql.fenced.clone()))
             .bind(namespace.as_str())
             .bind(role.as_str())

@@ -203,14 +203,47 @@ impl Inner {
                 .map_err(|e| connect_error(&e, table))?;
         }
         // Two separate round trips (simple protocol, so a transaction pooler
-        // cannot break them first with a missing prepared statement).
+        // cannot break them first with a missing prepared statement), with a
+        // probe connection holding a transaction in between: see
+        // `postgres::pooler_probe_error`.
         let first = simple_pid(&mut conn)
             .await
             .map_err(|e| connect_error(&e, table))?;
-        let second = simple_pid(&mut conn)
+        let probe_options = self
+            .session_options
+            .clone()
+            .application_name(&self.settings.probe_application_name());
+        let mut probe = PgConnection::connect_with(&probe_options)
             .await
             .map_err(|e| connect_error(&e, table))?;
-        if let Some(msg) = postgres::transaction_pooling_error(first, second) {
+        let probe_pid = match pid_of(&mut probe, postgres::PROBE_BEGIN).await {
+            Ok(pid) => pid,
+            Err(e) => {
+                end_probe(probe).await;
+                return Err(connect_error(&e, table));
+            }
+        };
+        let mut probe = Some(probe);
+        let second = {
+            let second = simple_pid(&mut conn);
+            tokio::pin!(second);
+            tokio::select! {
+                r = &mut second => r,
+                () = tokio::time::sleep(postgres::PROBE_PATIENCE) => {
+                    // No other server connection is free behind the pooler:
+                    // let go of the probe's, so the query can go on.
+                    if let Some(p) = probe.take() {
+                        end_probe(p).await;
+                    }
+                    second.await
+                }
+            }
+        };
+        if let Some(p) = probe.take() {
+            end_probe(p).await;
+        }
+        let second = second.map_err(|e| connect_error(&e, table))?;
+        if let Some(msg) = postgres::pooler_probe_error(first, second, probe_pid) {
             return Err(BackendError::Misconfigured(msg));
         }
         tracing::debug!(pid = first, "opened the regent lock session");
@@ -223,10 +256,25 @@ impl Inner {
 }
 
 async fn simple_pid(conn: &mut PgConnection) -> Result<i32, sqlx::Error> {
-    let row = sqlx::raw_sql(postgres::BACKEND_PID)
-        .fetch_one(&mut *conn)
-        .await?;
-    row.try_get::<i32, _>(0)
+    pid_of(conn, postgres::BACKEND_PID).await
+}
+
+/// Runs `sql` (simple protocol) and reads the `pid` column of its row.
+async fn pid_of(conn: &mut PgConnection, sql: &'static str) -> Result<i32, sqlx::Error> {
+    let row = sqlx::raw_sql(sql).fetch_one(&mut *conn).await?;
+    row.try_get::<i32, _>("pid")
+}
+
+/// Rolls back the probe's transaction and closes the probe, each bounded
+/// by a second; errors are only logged (the probe holds nothing).
+async fn end_probe(mut probe: PgConnection) {
+    let limit = Duration::from_secs(1);
+    let rolled_back =
+        tokio::time::timeout(limit, sqlx::raw_sql(postgres::ROLLBACK).execute(&mut probe)).await;
+    if !matches!(rolled_back, Ok(Ok(_))) {
+        tracing::debug!("the pooler probe connection did not roll back; closing it");
+    }
+    let _ = tokio::time::timeout(limit, probe.close()).await;
 }
 
 /// Reads the `db_now_us` column.

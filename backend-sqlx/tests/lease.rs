@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::{Ctx, LEASE, granted, node_id, role};
 use regent_core::{HeldLease, Lease, Lock, Namespace, Term};
-use regent_sqlx::FencedError;
+use regent_sqlx::{FencedError, SqlxBackend};
 
 #[tokio::test]
 async fn claim_increments_term_and_returns_previous() {
@@ -265,5 +265,45 @@ async fn concurrent_migrate_from_eight_tasks() {
     a.migrate().await.unwrap();
     a.connect().await.unwrap();
     assert!(a.list(None).await.unwrap().is_empty());
+    ctx.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_idle_fenced_transaction_is_ended_by_the_server_and_the_claim_proceeds() {
+    let ctx = Ctx::new("fidle").await;
+    let a = SqlxBackend::builder()
+        .schema(&ctx.schema)
+        .application_name(&ctx.app("a"))
+        .fenced_idle_timeout(Duration::from_millis(300))
+        .build(ctx.pool.clone())
+        .unwrap();
+    let b = ctx.node("b");
+    let (r, ida, idb) = (role("r"), node_id("a"), node_id("b"));
+    assert!(granted(&a, &ctx.ns(), &r).await);
+    let t1 = a.claim(&ctx.ns(), &r, &ida, LEASE).await.unwrap().term;
+    // a's fenced transaction holds the row FOR SHARE, then a freezes.
+    let mut tx = a.fenced(&ctx.ns(), &r, &ida, t1).await.unwrap();
+    a.reset().await;
+    ctx.wait_gone(&ctx.app("a")).await;
+    assert!(granted(&b, &ctx.ns(), &r).await);
+    let started = Instant::now();
+    // b's claim waits for the row lock, well under its own 5 s
+    // statement_timeout: the server ends the idle transaction after 300 ms.
+    let c = b.claim(&ctx.ns(), &r, &idb, LEASE).await.unwrap();
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(3), "claim waited {waited:?}");
+    assert_eq!(c.term, Term(t1.0 + 1));
+    // The frozen leader wakes up: its transaction is gone, nothing is written.
+    let commit = async {
+        sqlx::query("SELECT 1").execute(&mut *tx).await?;
+        tx.commit().await
+    }
+    .await;
+    assert!(commit.is_err(), "the idle fenced transaction committed");
+    // The pool recovers, and a's old token is now stale.
+    assert!(matches!(
+        a.fenced(&ctx.ns(), &r, &ida, t1).await,
+        Err(FencedError::Stale { .. })
+    ));
     ctx.cleanup().await;
 }

@@ -122,6 +122,21 @@ impl TokioPgBackend {
     /// leader's claim (which updates the row) waits until in-flight fenced
     /// transactions finish, so their writes land before the takeover.
     ///
+    /// # Time limit
+    ///
+    /// Right after `BEGIN` the transaction sets (`SET LOCAL`)
+    /// `idle_in_transaction_session_timeout` and `statement_timeout` to
+    /// [`TokioPgBackendBuilder::fenced_idle_timeout`](crate::TokioPgBackendBuilder::fenced_idle_timeout)
+    /// (default 10 s). If the transaction sits idle that long — this process
+    /// paused (`SIGSTOP`, a long stall) or simply slow between two
+    /// statements — or any one statement in it runs that long, the server
+    /// ends it: the transaction is rolled back and, for the idle case, its
+    /// connection is closed, so the write does **not** happen and the next
+    /// statement or [`FencedTransaction::commit`] fails (the pool drops the
+    /// dead connection). This bounds how long a takeover (whose claim waits
+    /// behind the `FOR SHARE` lock) waits for a frozen leader's fenced work:
+    /// at most that long. Keep fenced work short, or raise the limit.
+    ///
     /// ```no_run
     /// # async fn demo(backend: regent_tokio_postgres::TokioPgBackend) -> Result<(), Box<dyn std::error::Error>> {
     /// use regent_core::{Namespace, NodeId, Role, Term};
@@ -155,6 +170,12 @@ impl TokioPgBackend {
         };
         tx.object()
             .batch_execute(postgres::BEGIN)
+            .await
+            .map_err(db)?;
+        // Bound the transaction, so a frozen caller cannot hold off a
+        // takeover forever (see "Time limit").
+        tx.object()
+            .batch_execute(&postgres::set_local_commands(&inner.settings.fenced_gucs()))
             .await
             .map_err(db)?;
         let statement = tx

@@ -70,7 +70,10 @@
 //! reported as [`BackendError::SessionLost`] (a missing table or privilege
 //! as `Misconfigured`). The next call opens a new session. A
 //! `pg_backend_pid()` that changes between two round trips at session start
-//! means a transaction pooler, refused with `Misconfigured`.
+//! means a transaction pooler, refused with `Misconfigured`, as does a short-lived probe connection (same connect options, so
+//! through the same pooler), opened between those round trips, being handed
+//! the session's own backend (see
+//! [`pooler_probe_error`](regent_core::postgres::pooler_probe_error)).
 //!
 //! # Pool recycling
 //!

@@ -430,10 +430,39 @@ impl Inner {
                 .map_err(|e| connect_error(&e, table))?;
         }
         // Two separate round trips (simple protocol, so a transaction pooler
-        // cannot break them first with a missing prepared statement).
-        let first = self.simple_pid(&client).await?;
-        let second = self.simple_pid(&client).await?;
-        if let Some(msg) = postgres::transaction_pooling_error(first, second) {
+        // cannot break them first with a missing prepared statement), with a
+        // probe connection holding a transaction in between: see
+        // `postgres::pooler_probe_error`.
+        let first = self.simple_pid(&client, postgres::BACKEND_PID).await?;
+        let opened = self.open_probe().await?;
+        let probe_pid = match self.simple_pid(&opened.client, postgres::PROBE_BEGIN).await {
+            Ok(pid) => pid,
+            Err(e) => {
+                opened.end().await;
+                return Err(e);
+            }
+        };
+        let mut probe = Some(opened);
+        let second = {
+            let second = self.simple_pid(&client, postgres::BACKEND_PID);
+            tokio::pin!(second);
+            tokio::select! {
+                r = &mut second => r,
+                () = tokio::time::sleep(postgres::PROBE_PATIENCE) => {
+                    // No other server connection is free behind the pooler:
+                    // let go of the probe's, so the query can go on.
+                    if let Some(p) = probe.take() {
+                        p.end().await;
+                    }
+                    second.await
+                }
+            }
+        };
+        if let Some(p) = probe.take() {
+            p.end().await;
+        }
+        let second = second?;
+        if let Some(msg) = postgres::pooler_probe_error(first, second, probe_pid) {
             return Err(BackendError::Misconfigured(msg));
         }
         self.health.send_modify(|h| {
@@ -465,10 +494,23 @@ impl Inner {
         Ok(session)
     }
 
-    async fn simple_pid(&self, client: &Client) -> Result<i32, BackendError> {
+    /// Opens the short-lived probe connection of the transaction-pooling
+    /// check, with the session's config (so through the same pooler).
+    async fn open_probe(&self) -> Result<Probe, BackendError> {
+        let mut config = self.session_config.clone();
+        config.application_name(self.settings.probe_application_name());
+        let (client, mut stream) = (self.connector)(config)
+            .await
+            .map_err(|e| connect_error(&e, &self.settings.table))?;
+        let driver = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+        Ok(Probe { client, driver })
+    }
+
+    /// Runs `sql` (simple protocol) and reads the pid in its first row.
+    async fn simple_pid(&self, client: &Client, sql: &str) -> Result<i32, BackendError> {
         let table = &self.settings.table;
         let messages = client
-            .simple_query(postgres::BACKEND_PID)
+            .simple_query(sql)
             .await
             .map_err(|e| connect_error(&e, table))?;
         messages
@@ -480,6 +522,31 @@ impl Inner {
             .ok_or_else(|| {
                 BackendError::Transient("pg_backend_pid() returned no usable row".to_owned())
             })
+    }
+}
+
+/// The probe connection of the transaction-pooling check and the task
+/// driving it.
+struct Probe {
+    client: Client,
+    driver: JoinHandle<()>,
+}
+
+impl Probe {
+    /// Rolls back the probe's transaction and closes it, each bounded by a
+    /// second; errors are only logged (the probe holds nothing).
+    async fn end(self) {
+        let Probe { client, mut driver } = self;
+        let limit = Duration::from_secs(1);
+        let rolled_back =
+            tokio::time::timeout(limit, client.batch_execute(postgres::ROLLBACK)).await;
+        if !matches!(rolled_back, Ok(Ok(()))) {
+            tracing::debug!("the pooler probe connection did not roll back; closing it");
+        }
+        drop(client);
+        if tokio::time::timeout(limit, &mut driver).await.is_err() {
+            driver.abort();
+        }
     }
 }
 

@@ -499,8 +499,8 @@ async fn any_tls_connector_is_accepted() {
     let _sub = a.subscribe(&ctx.ns).await.unwrap();
     assert_eq!(
         count.load(std::sync::atomic::Ordering::SeqCst),
-        pool_only + 2,
-        "session and listener must use the given connector"
+        pool_only + 3,
+        "session, its pooler probe and listener must use the given connector"
     );
     ctx.drop_schema().await;
 }
@@ -546,5 +546,46 @@ async fn statement_timeout_applies_and_any_session_error_drops_the_locks() {
         ctx.assert_lock_freed(key).await;
         tx.rollback().await.unwrap();
     }
+    ctx.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_fenced_transaction_is_ended_by_the_server_and_the_claim_proceeds() {
+    let ctx = Ctx::new("fidle").await;
+    let a = TokioPgBackend::builder()
+        .schema(&ctx.schema)
+        .application_name(&ctx.app("a"))
+        .max_pool_connections(2)
+        .fenced_idle_timeout(Duration::from_millis(300))
+        .connect(&ctx.url)
+        .await
+        .unwrap();
+    let b = ctx.backend("b").await;
+    let (r, ns) = (role("frozen"), &ctx.ns);
+    let (na, nb) = (node("node-a"), node("node-b"));
+    assert!(lock_one(&a, ns, &r).await);
+    let t1 = a.claim(ns, &r, &na, LEASE).await.unwrap().term;
+    // a's fenced transaction holds the row FOR SHARE, then a freezes.
+    let tx = a.fenced(ns, &r, &na, t1).await.unwrap();
+    a.unlock(ns, &r).await.unwrap();
+    assert!(lock_one(&b, ns, &r).await);
+    let started = Instant::now();
+    // b's claim waits for the row lock, well under its own 5 s
+    // statement_timeout: the server ends the idle transaction after 300 ms.
+    let c = b.claim(ns, &r, &nb, LEASE).await.unwrap();
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(3), "claim waited {waited:?}");
+    assert_eq!(c.term, Term(t1.0 + 1));
+    // The frozen leader wakes up: its transaction is gone, nothing is written.
+    let commit = match tx.execute("SELECT 1", &[]).await {
+        Ok(_) => tx.commit().await,
+        Err(e) => Err(e),
+    };
+    assert!(commit.is_err(), "the idle fenced transaction committed");
+    // The pool recovers, and a's old token is now stale.
+    assert!(matches!(
+        a.fenced(ns, &r, &na, t1).await,
+        Err(FencedError::Stale { .. })
+    ));
     ctx.drop_schema().await;
 }

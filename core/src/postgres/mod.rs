@@ -14,9 +14,10 @@
 //! `backend_pid`, `acquired_us`, `renewed_us`, `until_us` (all `NULL` when a
 //! `LEFT JOIN` found no row).
 //!
-//! The connection-level statements ([`BACKEND_PID`], [`BEGIN`], [`COMMIT`],
-//! [`ROLLBACK`], [`listen`], [`set_commands`]) take no parameters; they are
-//! run with the simple query protocol.
+//! The connection-level statements ([`BACKEND_PID`], [`PROBE_BEGIN`],
+//! [`BEGIN`], [`COMMIT`], [`ROLLBACK`], [`listen`], [`set_commands`],
+//! [`set_local_commands`]) take no parameters; they are run with the simple
+//! query protocol.
 //!
 //! # Advisory-lock keys
 //!
@@ -73,7 +74,8 @@ pub use rows::{
 pub use settings::{OptionError, SessionSettings, Settings, require, startup_options};
 pub use statements::{
     BACKEND_PID, BEGIN, COMMIT, MODE_ALREADY_HELD, MODE_SKIP, MODE_TRY, PREEMPT_NOT_PERMITTED,
-    PREEMPT_NOT_ZOMBIE, PREEMPT_TERMINATED, ROLLBACK, Statements, listen, set_commands,
+    PREEMPT_NOT_ZOMBIE, PREEMPT_TERMINATED, PROBE_BEGIN, ROLLBACK, Statements, listen,
+    set_commands, set_local_commands,
 };
 
 /// The default schema of the lease table.
@@ -226,6 +228,39 @@ pub fn transaction_pooling_error(first_pid: i32, second_pid: i32) -> Option<Stri
     })
 }
 
+/// How long the session's second `pg_backend_pid()` may wait while the
+/// probe connection holds its transaction before the probe lets go (see
+/// [`pooler_probe_error`]). A direct connection answers at once; only a
+/// transaction pooler with no other server connection free makes it wait,
+/// and the probe then rolls back so the query can go on.
+pub const PROBE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The start-up check for a transaction pooler, with a probe.
+///
+/// The session runs [`BACKEND_PID`] (`first_pid`); then a second, short-lived
+/// *probe* connection with the same connect options (so through the same
+/// pooler, if any) runs [`PROBE_BEGIN`] (`probe_pid`) and keeps that
+/// transaction open while the session runs [`BACKEND_PID`] again
+/// (`second_pid`); then the probe rolls back and closes.
+///
+/// A transaction pooler gives a lone client back the server connection it
+/// released last, so the session's two pids alone may agree behind it. But
+/// the probe, asking while the session is between transactions, is handed
+/// that same server connection — which it holds, so the session's second
+/// query must get another one. So the pooler is detected when the session's
+/// pids differ **or** the probe's pid equals the session's first. A direct
+/// connection, or a pooler in session mode, gives the probe a server
+/// connection of its own and passes. Returns `None` when it passes.
+pub fn pooler_probe_error(first_pid: i32, second_pid: i32, probe_pid: i32) -> Option<String> {
+    transaction_pooling_error(first_pid, second_pid).or_else(|| {
+        (probe_pid == first_pid).then(|| {
+            format!(
+                "another connection was handed this session's database connection (backend                  pid {first_pid}) between two of its statements: a connection pooler in                  transaction mode (PgBouncer `pool_mode=transaction`) is in front of                  PostgreSQL, which silently breaks session advisory locks. Use                  `pool_mode=session` for regent's connection, or connect to PostgreSQL directly"
+            )
+        })
+    })
+}
+
 /// The error message when the lease table (or its schema) is missing.
 pub fn missing_table_error(table: &TableName) -> String {
     format!(
@@ -270,5 +305,28 @@ mod tests {
         assert_eq!(transaction_pooling_error(7, 7), None);
         let e = transaction_pooling_error(7, 8).unwrap();
         assert!(e.contains("pool_mode=transaction") && e.contains("pool_mode=session"));
+    }
+
+    #[test]
+    fn pooler_probe() {
+        // Direct connection / session pooling: the probe has its own backend.
+        assert_eq!(pooler_probe_error(7, 7, 9), None);
+        // Transaction pooling, lone client: the probe got our connection.
+        let e = pooler_probe_error(7, 7, 7).unwrap();
+        assert!(
+            e.contains("pool_mode=transaction")
+                && e.contains("pool_mode=session")
+                && e.contains("directly")
+                && e.contains("pid 7"),
+            "{e}"
+        );
+        // The session itself moved (busy pool): refused, whatever the probe saw.
+        for probe in [7, 8, 9] {
+            let e = pooler_probe_error(7, 8, probe).unwrap();
+            assert!(
+                e.contains("7 then 8") && e.contains("pool_mode=session"),
+                "{e}"
+            );
+        }
     }
 }

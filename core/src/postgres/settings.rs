@@ -51,6 +51,11 @@ pub struct Settings {
     pub keepalives_count: u32,
     /// How the settings reach the server.
     pub session_settings: SessionSettings,
+    /// How long a fenced transaction may sit idle (and how long any one
+    /// statement in it may run) before the server ends it: its
+    /// `SET LOCAL idle_in_transaction_session_timeout` and
+    /// `statement_timeout` ([`Settings::fenced_gucs`]).
+    pub fenced_idle_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -63,9 +68,13 @@ impl Default for Settings {
             keepalives_interval: Duration::from_secs(2),
             keepalives_count: 3,
             session_settings: SessionSettings::StartupOptions,
+            fenced_idle_timeout: Duration::from_secs(10),
         }
     }
 }
+
+/// The largest value of a millisecond GUC (`INT_MAX` ms, about 24.8 days).
+const MAX_GUC_MS: u64 = i32::MAX as u64;
 
 /// `Err(OptionError)` unless `ok`.
 pub fn require(ok: bool, field: &'static str, rule: &'static str) -> Result<(), OptionError> {
@@ -94,6 +103,12 @@ impl Settings {
             self.keepalives_count >= 1,
             "tcp_keepalives",
             "count must be at least 1",
+        )?;
+        require(
+            self.fenced_idle_timeout >= Duration::from_millis(1)
+                && self.fenced_idle_timeout <= Duration::from_millis(MAX_GUC_MS),
+            "fenced_idle_timeout",
+            "must be at least 1 ms and at most 2147483647 ms",
         )?;
         let name = &self.application_name;
         require(
@@ -131,6 +146,27 @@ impl Settings {
         ]
     }
 
+    /// The GUCs a fenced transaction sets with `SET LOCAL` right after
+    /// `BEGIN` (ms): `idle_in_transaction_session_timeout` — a fenced
+    /// transaction left idle that long (its leader frozen, say) is ended by
+    /// the server, which closes its connection, so a takeover's claim waits
+    /// for it at most that long — and `statement_timeout`, the same bound on
+    /// each statement in it.
+    pub fn fenced_gucs(&self) -> Vec<(&'static str, String)> {
+        let ms = self.fenced_idle_timeout.as_millis().to_string();
+        vec![
+            ("idle_in_transaction_session_timeout", ms.clone()),
+            ("statement_timeout", ms),
+        ]
+    }
+
+    /// `application_name` of the short-lived probe connection of the
+    /// transaction-pooling check ([`pooler_probe_error`](super::pooler_probe_error)):
+    /// the session's name with `:probe` appended, cut to 63 bytes.
+    pub fn probe_application_name(&self) -> String {
+        suffixed(&self.application_name, ":probe")
+    }
+
     /// How long the client waits for any one call on the session before it
     /// gives the session up: the statement timeout plus slack for the
     /// network, so the server's timeout normally fires first.
@@ -141,12 +177,17 @@ impl Settings {
     /// `application_name` of a notification listener: the session's name
     /// with `:listen` appended, cut to PostgreSQL's 63 bytes.
     pub fn listen_application_name(&self) -> String {
-        let mut name = format!("{}:listen", self.application_name);
-        while name.len() > 63 {
-            name.pop();
-        }
-        name
+        suffixed(&self.application_name, ":listen")
     }
+}
+
+/// `name` + `suffix`, cut to PostgreSQL's 63 bytes.
+fn suffixed(name: &str, suffix: &str) -> String {
+    let mut name = format!("{name}{suffix}");
+    while name.len() > 63 {
+        name.pop();
+    }
+    name
 }
 
 /// `options` connection parameter text: `-c name=value` for each GUC,
@@ -192,6 +233,17 @@ mod tests {
             field(s(|s| s.application_name = "é".to_owned())),
             "application_name"
         );
+        for bad in [
+            Duration::ZERO,
+            Duration::from_micros(999),
+            Duration::from_millis(MAX_GUC_MS + 1),
+        ] {
+            let st = Settings {
+                fenced_idle_timeout: bad,
+                ..Settings::default()
+            };
+            assert_eq!(field(st), "fenced_idle_timeout");
+        }
         let e = OptionError {
             field: "x",
             rule: "y",
@@ -214,6 +266,20 @@ mod tests {
             ..Settings::default()
         };
         assert_eq!(long.listen_application_name().len(), 63);
+        assert_eq!(long.probe_application_name().len(), 63);
+        assert_eq!(s.probe_application_name(), "regent:probe");
+        assert_eq!(s.fenced_idle_timeout, Duration::from_secs(10));
+        let f = Settings {
+            fenced_idle_timeout: Duration::from_millis(300),
+            ..Settings::default()
+        };
+        assert_eq!(
+            f.fenced_gucs(),
+            vec![
+                ("idle_in_transaction_session_timeout", "300".to_owned()),
+                ("statement_timeout", "300".to_owned())
+            ]
+        );
         let g = [("a", "1".to_owned()), ("b", "2".to_owned())];
         assert_eq!(startup_options(None, &g), "-c a=1 -c b=2");
         assert_eq!(startup_options(Some(" "), &g), "-c a=1 -c b=2");

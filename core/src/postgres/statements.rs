@@ -197,6 +197,12 @@ impl Statements {
 /// [`transaction_pooling_error`](super::transaction_pooling_error)).
 pub const BACKEND_PID: &str = "SELECT pg_backend_pid() AS pid";
 
+/// Starts the probe's transaction and reads its `pg_backend_pid()` (one
+/// `int4` column `pid`), in one simple-protocol round trip; the transaction
+/// stays open until [`ROLLBACK`]. See
+/// [`pooler_probe_error`](super::pooler_probe_error).
+pub const PROBE_BEGIN: &str = "BEGIN; SELECT pg_backend_pid() AS pid";
+
 /// Starts a fenced transaction (for a backend whose fenced transaction owns
 /// its pooled connection and so runs the transaction control statements
 /// itself).
@@ -223,6 +229,16 @@ pub fn set_commands(gucs: &[(&'static str, String)]) -> String {
         .collect()
 }
 
+/// `SET LOCAL name = value;` for each setting (integers in server units),
+/// run right after `BEGIN`: the settings last until the transaction ends.
+/// A fenced transaction runs it with
+/// [`Settings::fenced_gucs`](super::Settings::fenced_gucs).
+pub fn set_local_commands(gucs: &[(&'static str, String)]) -> String {
+    gucs.iter()
+        .map(|(k, v)| format!("SET LOCAL {k} = {v};"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,5 +253,7 @@ mod tests {
     fn set_commands_join() {
         let s = set_commands(&[("statement_timeout", "5000".into()), ("x", "1".into())]);
         assert_eq!(s, "SET statement_timeout = 5000;SET x = 1;");
+        let l = set_local_commands(&[("idle_in_transaction_session_timeout", "300".into())]);
+        assert_eq!(l, "SET LOCAL idle_in_transaction_session_timeout = 300;");
     }
 }
