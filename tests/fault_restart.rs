@@ -13,18 +13,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use regent::sqlx::SqlxBackend;
-use regent::{Elector, LeaderHandle, Namespace, NodeId, Role, TakeoverPolicy};
+use regent::{Namespace, Role, TakeoverPolicy};
 use sqlx::postgres::PgPoolOptions;
 use support::cluster::Cluster;
-use support::fault::{Sampler, short_lease, wait_for};
-
-fn leader(handles: &[LeaderHandle]) -> Option<(usize, u64)> {
-    handles
-        .iter()
-        .enumerate()
-        .find_map(|(i, h)| h.token().map(|t| (i, t.0)))
-}
+use support::fault::{leader, sample_leaders, short_lease, sqlx_nodes, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_all_step_down_then_one_leads() {
@@ -32,39 +24,24 @@ async fn postgres_restart_all_step_down_then_one_leads() {
     let url = cluster.url();
     let ns = Namespace::new("restart").unwrap();
     let role = Role::new("scheduler").unwrap();
-    let mut handles = Vec::new();
-    for i in 0..3 {
-        let pool = PgPoolOptions::new()
-            .max_connections(3)
-            .acquire_timeout(Duration::from_secs(3))
-            .connect_lazy(&url)
-            .unwrap();
-        let backend = SqlxBackend::builder()
-            .application_name(&format!("restart-{i}"))
-            .build(pool)
-            .unwrap();
-        if i == 0 {
-            backend.migrate().await.unwrap();
-        }
-        let h = Elector::builder(backend)
-            .namespace(ns.clone())
-            .node_id(NodeId::new(format!("node-{i}")).unwrap())
-            .config(short_lease(TakeoverPolicy::WaitForLease, false))
-            .spawn(role.clone())
-            .await
-            .unwrap();
-        handles.push(h);
-    }
-    let sampler = {
-        let hs = handles.clone();
-        Sampler::start(move || {
-            hs.iter()
-                .enumerate()
-                .filter(|(_, h)| h.is_leader())
-                .map(|(i, _)| format!("node-{i}"))
-                .collect()
+    let pools = (0..3)
+        .map(|_| {
+            PgPoolOptions::new()
+                .max_connections(3)
+                .acquire_timeout(Duration::from_secs(3))
+                .connect_lazy(&url)
+                .unwrap()
         })
-    };
+        .collect();
+    let handles = sqlx_nodes(
+        pools,
+        "restart",
+        &ns,
+        &role,
+        short_lease(TakeoverPolicy::WaitForLease, false),
+    )
+    .await;
+    let sampler = sample_leaders(&handles);
     let (_, before) = wait_for("a first leader", Duration::from_secs(20), || {
         leader(&handles)
     })

@@ -13,17 +13,9 @@ mod support;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use regent::sqlx::SqlxBackend;
-use regent::{Elector, LeaderHandle, Namespace, NodeId, Role, TakeoverPolicy};
+use regent::{Namespace, Role, TakeoverPolicy};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use support::fault::{Sampler, short_lease, wait_for};
-
-fn leader(handles: &[LeaderHandle]) -> Option<(usize, u64)> {
-    handles
-        .iter()
-        .enumerate()
-        .find_map(|(i, h)| h.token().map(|t| (i, t.0)))
-}
+use support::fault::{leader, sample_leaders, short_lease, sqlx_nodes, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminate_every_session_then_recovery() {
@@ -32,37 +24,22 @@ async fn terminate_every_session_then_recovery() {
     let role = Role::new("scheduler").unwrap();
     let app = support::pg::unique("term");
     let opts = PgConnectOptions::from_str(&url).unwrap();
-    let mut handles = Vec::new();
-    for i in 0..3 {
-        let pool = PgPoolOptions::new()
-            .max_connections(3)
-            .connect_lazy_with(opts.clone().application_name(&format!("{app}-pool")));
-        let backend = SqlxBackend::builder()
-            .application_name(&format!("{app}-{i}"))
-            .build(pool)
-            .unwrap();
-        if i == 0 {
-            backend.migrate().await.unwrap();
-        }
-        let h = Elector::builder(backend)
-            .namespace(ns.clone())
-            .node_id(NodeId::new(format!("node-{i}")).unwrap())
-            .config(short_lease(TakeoverPolicy::WaitForLease, false))
-            .spawn(role.clone())
-            .await
-            .unwrap();
-        handles.push(h);
-    }
-    let sampler = {
-        let hs = handles.clone();
-        Sampler::start(move || {
-            hs.iter()
-                .enumerate()
-                .filter(|(_, h)| h.is_leader())
-                .map(|(i, _)| format!("node-{i}"))
-                .collect()
+    let pools = (0..3)
+        .map(|_| {
+            PgPoolOptions::new()
+                .max_connections(3)
+                .connect_lazy_with(opts.clone().application_name(&format!("{app}-pool")))
         })
-    };
+        .collect();
+    let handles = sqlx_nodes(
+        pools,
+        &app,
+        &ns,
+        &role,
+        short_lease(TakeoverPolicy::WaitForLease, false),
+    )
+    .await;
+    let sampler = sample_leaders(&handles);
     let (old, before) = wait_for("a first leader", Duration::from_secs(20), || {
         leader(&handles)
     })

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use regent::{Config, TakeoverPolicy};
+use regent::sqlx::SqlxBackend;
+use regent::{Config, Elector, LeaderHandle, Namespace, NodeId, Role, TakeoverPolicy};
+use sqlx::PgPool;
 
 /// How often the sampler looks.
 const SAMPLE_EVERY: Duration = Duration::from_millis(5);
@@ -130,4 +132,55 @@ pub async fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Op
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Starts one sqlx elector per pool — node ids `node-0`, `node-1`, …, lock
+/// sessions named `{app}-0`, `{app}-1`, … — all campaigning for `role` in
+/// `namespace`. The first node creates the lease table.
+pub async fn sqlx_nodes(
+    pools: Vec<PgPool>,
+    app: &str,
+    namespace: &Namespace,
+    role: &Role,
+    config: Config,
+) -> Vec<LeaderHandle> {
+    let mut handles = Vec::new();
+    for (i, pool) in pools.into_iter().enumerate() {
+        let backend = SqlxBackend::builder()
+            .application_name(&format!("{app}-{i}"))
+            .build(pool)
+            .unwrap();
+        if i == 0 {
+            backend.migrate().await.unwrap();
+        }
+        let handle = Elector::builder(backend)
+            .namespace(namespace.clone())
+            .node_id(NodeId::new(format!("node-{i}")).unwrap())
+            .config(config.clone())
+            .spawn(role.clone())
+            .await
+            .unwrap();
+        handles.push(handle);
+    }
+    handles
+}
+
+/// A [`Sampler`] of which of `handles` lead, named `node-{index}`.
+pub fn sample_leaders(handles: &[LeaderHandle]) -> Sampler {
+    let hs = handles.to_vec();
+    Sampler::start(move || {
+        hs.iter()
+            .enumerate()
+            .filter(|(_, h)| h.is_leader())
+            .map(|(i, _)| format!("node-{i}"))
+            .collect()
+    })
+}
+
+/// The index and fencing token of a handle that leads now, if any.
+pub fn leader(handles: &[LeaderHandle]) -> Option<(usize, u64)> {
+    handles
+        .iter()
+        .enumerate()
+        .find_map(|(i, h)| h.token().map(|t| (i, t.0)))
 }

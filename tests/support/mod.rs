@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+#[cfg(feature = "sqlx")]
 pub mod fault;
 #[cfg(all(feature = "cli", feature = "sqlx"))]
 pub mod node;
