@@ -107,7 +107,9 @@ impl Machine {
         let Some(e) = self.roles.get(role) else {
             return;
         };
-        let in_flight = self.kind_in_flight(|p| matches!(p, Pending::Release(r, _) if r == role));
+        // Never while a claim or release of the same lock may still run on
+        // the session; `drive` sends it once that command is settled.
+        let in_flight = self.lock_command_in_flight(role);
         match e.lock {
             LockHold::Held if !in_flight => {
                 // Expire the lease only once the predecessor's lease has

@@ -178,3 +178,44 @@ fn session_lost_while_draining_skips_the_drain() {
     // Held off since the resign.
     assert_eq!(m.poll_timeout(), Some(ms(2100)));
 }
+
+#[test]
+fn release_waits_for_a_claim_still_in_flight() {
+    let mut m = machine();
+    let a = r("a");
+    m.add_role(ms(0), a.clone());
+    drain(&mut m);
+    m.handle_result(ms(10), id(1), granted(db(10), &[&a]));
+    assert_eq!(
+        drain(&mut m),
+        vec![Command::Claim {
+            id: id(2),
+            role: a.clone()
+        }]
+    );
+    // The session is reported lost while the claim is still out.
+    m.handle_session_lost(ms(20), "connection closed");
+    events(&mut m);
+    let cmds = drain(&mut m);
+    assert_eq!(
+        cmds,
+        vec![Command::Validate {
+            id: id(3),
+            roles: vec![a.clone()]
+        }]
+    );
+    // Still held after all: give it back, but not while the claim runs.
+    m.handle_result(ms(30), id(3), validated(&[&a]));
+    assert_eq!(drain(&mut m), vec![]);
+    // The (now stale) claim answers; only then does the release go out.
+    m.handle_result(ms(40), id(2), claimed(1, None, db(40)));
+    assert_eq!(
+        drain(&mut m),
+        vec![Command::Release {
+            id: id(4),
+            role: a.clone(),
+            term: None
+        }]
+    );
+    assert!(!m.is_leader(&a, ms(40)));
+}
