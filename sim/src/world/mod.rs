@@ -5,24 +5,26 @@
 //! moves true time there, handles it, then checks every invariant. Every
 //! random choice comes from one seeded RNG, so a seed replays exactly.
 
+mod counts;
+mod event;
 mod inject;
 mod node;
 mod observe;
 mod server;
 mod workload;
 
-use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Duration;
 
-use regent_core::{
-    Command, CommandId, CommandResult, Config, LocalInstant, Namespace, NodeId, Role, Term,
-};
+use regent_core::{Command, Config, LocalInstant, Namespace, NodeId, Role, Term};
 use thiserror::Error;
+
+use counts::Counts;
+use event::{Ev, Request, Scheduled};
 
 use crate::config::SimConfig;
 use crate::db::{Pid, SimDb, TerminatePrivilege};
-use crate::faults::{Direction, Fault, FaultKnobs};
+use crate::faults::{Direction, FaultKnobs};
 use crate::invariants::Checker;
 use crate::log::{Entry, Log, NONE};
 use crate::mutant::Subject;
@@ -48,120 +50,6 @@ pub enum SimError {
     /// A generated name was rejected.
     #[error(transparent)]
     Name(#[from] regent_core::NameError),
-}
-
-/// A statement travelling to the database.
-#[derive(Debug, Clone)]
-enum Request {
-    /// A machine command, on the node's session.
-    Cmd(Command),
-    /// The client closes its session.
-    Close,
-}
-
-/// Something scheduled to happen at a true instant.
-#[derive(Debug, Clone)]
-enum Ev {
-    ToDb {
-        conn: usize,
-        req: Request,
-    },
-    FencedWrite {
-        node: usize,
-        role: usize,
-        token: Term,
-    },
-    ToNode {
-        node: usize,
-        inc: u32,
-        conn: usize,
-        id: CommandId,
-        result: CommandResult,
-    },
-    Notification {
-        node: usize,
-        inc: u32,
-        role: usize,
-    },
-    SessionClosed {
-        node: usize,
-        inc: u32,
-        conn: usize,
-    },
-    AppTick {
-        node: usize,
-        inc: u32,
-    },
-    Drained {
-        node: usize,
-        inc: u32,
-        role: usize,
-    },
-    ListenerCheck {
-        node: usize,
-        inc: u32,
-    },
-    Workload,
-    AddRole {
-        node: usize,
-        inc: u32,
-        role: usize,
-    },
-    ShutdownDeadline {
-        node: usize,
-        inc: u32,
-    },
-    NextFault(crate::config::FaultKind),
-    Fault(Fault),
-    Restart {
-        node: usize,
-        inc: u32,
-    },
-    PauseEnd {
-        node: usize,
-        until: SimTime,
-    },
-    PartitionEnd {
-        node: usize,
-        until: SimTime,
-    },
-    KeepaliveCheck {
-        node: usize,
-        conn: usize,
-    },
-    PgStart {
-        epoch: u64,
-    },
-    ServerDrop {
-        conn: usize,
-    },
-    Heal,
-    LivenessDeadline,
-}
-
-/// A heap entry: small, so sifting is cheap; the event waits in a slab.
-struct Scheduled {
-    at: SimTime,
-    seq: u64,
-    slot: usize,
-}
-
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> Ordering {
-        // BinaryHeap is a max-heap: the earliest (then first scheduled) wins.
-        (other.at, other.seq).cmp(&(self.at, self.seq))
-    }
 }
 
 /// A client connection (one session) of one node incarnation.
@@ -264,58 +152,6 @@ pub(crate) struct World {
     /// Scratch buffers of [`World::pump`], kept to reuse their allocations.
     command_buf: Vec<Command>,
     event_buf: Vec<regent_core::Event>,
-}
-
-/// Coverage counts keyed by the address of their `&'static str` name, added
-/// to [`Coverage`] (by name) when the run ends: the world counts several
-/// times per step, and finding a name in the map (comparing strings) showed
-/// in profiles. Where a name lands depends on its address, but the sums per
-/// name do not.
-struct Counts {
-    slots: Vec<Option<(&'static str, u64)>>,
-    used: usize,
-}
-
-impl Counts {
-    /// A power of two, far above the number of names counted.
-    const SLOTS: usize = 256;
-
-    fn new() -> Self {
-        Self {
-            slots: vec![None; Self::SLOTS],
-            used: 0,
-        }
-    }
-
-    fn bump(&mut self, what: &'static str, cov: &mut Coverage) {
-        let mask = Self::SLOTS - 1;
-        let mut i = (what.as_ptr() as usize >> 3) & mask;
-        loop {
-            match &mut self.slots[i] {
-                Some((name, n)) if std::ptr::eq(*name, what) => {
-                    *n += 1;
-                    return;
-                }
-                Some(_) => i = (i + 1) & mask,
-                None if self.used < Self::SLOTS / 2 => {
-                    self.slots[i] = Some((what, 1));
-                    self.used += 1;
-                    return;
-                }
-                // Unexpectedly many names: count in the map itself.
-                None => {
-                    *cov.entry(what).or_default() += 1;
-                    return;
-                }
-            }
-        }
-    }
-
-    fn add_to(&self, cov: &mut Coverage) {
-        for (name, n) in self.slots.iter().flatten() {
-            *cov.entry(name).or_default() += n;
-        }
-    }
 }
 
 /// How long after the heal every role must have been led.
@@ -452,35 +288,6 @@ impl World {
             self.checker.liveness.bound().as_secs_f64()
         ));
         lines
-    }
-
-    fn schedule(&mut self, at: SimTime, ev: Ev) {
-        self.seq += 1;
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.slab[slot] = Some(ev);
-                slot
-            }
-            None => {
-                self.slab.push(Some(ev));
-                self.slab.len() - 1
-            }
-        };
-        self.queue.push(Scheduled {
-            at: at.max(self.now),
-            seq: self.seq,
-            slot,
-        });
-    }
-
-    fn pop_event(&mut self) -> Option<Ev> {
-        let s = self.queue.pop()?;
-        self.free.push(s.slot);
-        self.slab.get_mut(s.slot).and_then(Option::take)
-    }
-
-    fn after(&mut self, d: Duration, ev: Ev) {
-        self.schedule(self.now + d, ev);
     }
 
     fn log(&mut self, node: usize, kind: &'static str, role: Option<usize>, a: u64, b: u64) {
