@@ -102,7 +102,26 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// Writing to a closed pipe (`regent status | head -1`) ends the program
+/// quietly, with the conventional SIGPIPE status; any other panic prints one
+/// line, not a backtrace.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        eprintln!("error: internal error ({msg}); please report it");
+    }));
+}
+
 fn main() -> ExitCode {
+    install_panic_hook();
     let cli = Cli::parse();
     let result: Result<u8, CliError> = match cli.command {
         #[cfg(feature = "sim")]
