@@ -92,13 +92,7 @@ fn wait_for_lease_waits_out_an_unexpired_predecessor() {
     assert!(!m.is_leader(&a, ms(20)));
     // Elect renews its lease and validates its lock like a leader.
     m.handle_timeout(ms(1010));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Validate {
-            id: id(3),
-            roles: vec![a.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![validate_cmd(3, &[&a])]);
     m.handle_result(ms(1020), id(3), validated(&[&a]));
     m.handle_timeout(ms(2010));
     assert_eq!(
@@ -113,22 +107,10 @@ fn wait_for_lease_waits_out_an_unexpired_predecessor() {
     assert_eq!(events(&mut m), vec![]);
     assert_eq!(m.deadline(&a), Some(deadline_after(ms(2010))));
     m.handle_timeout(ms(2030));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Validate {
-            id: id(5),
-            roles: vec![a.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![validate_cmd(5, &[&a])]);
     m.handle_result(ms(2040), id(5), validated(&[&a]));
     m.handle_timeout(ms(3040));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Validate {
-            id: id(6),
-            roles: vec![a.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![validate_cmd(6, &[&a])]);
     m.handle_result(ms(3050), id(6), validated(&[&a]));
     m.handle_timeout(ms(4050));
     assert_eq!(
@@ -138,22 +120,13 @@ fn wait_for_lease_waits_out_an_unexpired_predecessor() {
                 id: id(7),
                 leases: vec![held(&a, 5)]
             },
-            Command::Validate {
-                id: id(8),
-                roles: vec![a.clone()]
-            }
+            validate_cmd(8, &[&a])
         ]
     );
     m.handle_result(ms(4060), id(7), renewed(db(4060), &[&a]));
     m.handle_result(ms(4060), id(8), validated(&[&a]));
     m.handle_timeout(ms(5060));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Validate {
-            id: id(9),
-            roles: vec![a.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![validate_cmd(9, &[&a])]);
     m.handle_result(ms(5070), id(9), validated(&[&a]));
     assert_eq!(events(&mut m), vec![]);
     // One nanosecond early: still elect.
@@ -279,13 +252,7 @@ fn denied_follower_observes_the_leader_and_retries() {
     m.handle_timeout(ms(1009));
     assert_eq!(drain(&mut m), vec![]);
     m.handle_timeout(ms(1010));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::TryLock {
-            id: id(2),
-            roles: vec![a.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![try_lock_cmd(2, &[&a])]);
     // Same leader again: no new event. Its lease then runs out: nobody.
     m.handle_result(
         ms(1020),
@@ -382,13 +349,7 @@ fn release_notification_wakes_a_follower_at_once() {
     m.handle_result(ms(10), id(1), denied(db(10), &a, None));
     assert_eq!(drain(&mut m), vec![]);
     m.handle_release_notified(ms(100), &a);
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::TryLock {
-            id: id(2),
-            roles: vec![a.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![try_lock_cmd(2, &[&a])]);
     // A notification for a role being tried changes nothing.
     m.handle_release_notified(ms(101), &a);
     assert_eq!(drain(&mut m), vec![]);
@@ -442,22 +403,10 @@ fn followers_that_start_apart_share_one_retry_round() {
     drain(&mut m);
     m.handle_result(ms(10), id(1), denied(db(10), &a, None));
     m.add_role(ms(300), b.clone());
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::TryLock {
-            id: id(2),
-            roles: vec![b.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![try_lock_cmd(2, &[&b])]);
     // b is denied 300 ms later than a, yet joins a's round at 1010 ms.
     m.handle_result(ms(310), id(2), denied(db(310), &b, None));
     assert_eq!(m.poll_timeout(), Some(ms(1010)));
     m.handle_timeout(ms(1010));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::TryLock {
-            id: id(3),
-            roles: vec![a.clone(), b.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![try_lock_cmd(3, &[&a, &b])]);
 }

@@ -20,13 +20,7 @@ fn unanswered_try_lock_times_out_and_the_lock_is_validated() {
     m.handle_timeout(ms(1500));
     assert_eq!(events(&mut m), vec![failed("try_lock", &attempt_timeout())]);
     // It may have been granted: find out before anything else.
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Validate {
-            id: id(2),
-            roles: vec![a.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![validate_cmd(2, &[&a])]);
     assert_eq!(
         m.state(&a),
         Some(RoleState::Releasing {
@@ -52,30 +46,11 @@ fn try_lock_error_validates_and_unlocks_a_lock_that_was_granted() {
     let err = transient();
     m.handle_result(ms(10), id(1), Err(err.clone()));
     assert_eq!(events(&mut m), vec![failed("try_lock", &err)]);
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Validate {
-            id: id(2),
-            roles: vec![a.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![validate_cmd(2, &[&a])]);
     m.handle_result(ms(20), id(2), validated(&[&a]));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Release {
-            id: id(3),
-            role: a.clone(),
-            term: None
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![release_cmd(3, &a, None)]);
     m.handle_result(ms(30), id(3), Ok(CommandOutput::Released));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Notify {
-            id: id(4),
-            role: a.clone()
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![notify_cmd(4, &a)]);
     assert_eq!(events(&mut m), vec![]);
     assert_eq!(m.state(&a), Some(RoleState::Follower));
     assert_eq!(m.poll_timeout(), Some(ms(1030)));
@@ -103,13 +78,7 @@ fn failed_validation_of_an_unknown_lock_resets_the_session() {
     assert_eq!(m.state(&a), Some(RoleState::Follower));
     assert_eq!(m.poll_timeout(), Some(ms(2010)));
     m.handle_timeout(ms(2010));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::TryLock {
-            id: id(4),
-            roles: vec![a.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![try_lock_cmd(4, &[&a])]);
 }
 
 #[test]
@@ -118,21 +87,9 @@ fn session_reset_steps_every_leader_down() {
     let (a, b) = (r("a"), r("b"));
     lead(&mut m, &a);
     m.add_role(ms(30), b.clone());
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::TryLock {
-            id: id(3),
-            roles: vec![b.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![try_lock_cmd(3, &[&b])]);
     m.handle_result(ms(40), id(3), Err(transient()));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Validate {
-            id: id(4),
-            roles: vec![a.clone(), b.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![validate_cmd(4, &[&a, &b])]);
     m.handle_result(ms(50), id(4), Err(transient()));
     // Leaders step down when the reset is decided, not when it completes.
     assert!(!m.is_leader(&a, ms(50)));
@@ -166,22 +123,9 @@ fn claim_error_gives_the_lock_back() {
     let err = transient();
     m.handle_result(ms(20), id(2), Err(err.clone()));
     assert_eq!(events(&mut m), vec![failed("claim", &err)]);
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Release {
-            id: id(3),
-            role: a.clone(),
-            term: None
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![release_cmd(3, &a, None)]);
     m.handle_result(ms(30), id(3), Ok(CommandOutput::Released));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Notify {
-            id: id(4),
-            role: a.clone()
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![notify_cmd(4, &a)]);
     assert_eq!(m.state(&a), Some(RoleState::Follower));
 }
 
@@ -193,41 +137,15 @@ fn release_error_leaves_the_lock_unknown_until_validated() {
     m.handle_resign(ms(100), &a);
     m.handle_drained(ms(100), &a);
     events(&mut m);
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Release {
-            id: id(3),
-            role: a.clone(),
-            term: Some(Term(1))
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![release_cmd(3, &a, Some(1))]);
     let err = transient();
     m.handle_result(ms(110), id(3), Err(err.clone()));
     assert_eq!(events(&mut m), vec![failed("release", &err)]);
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Validate {
-            id: id(4),
-            roles: vec![a.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![validate_cmd(4, &[&a])]);
     m.handle_result(ms(120), id(4), validated(&[&a]));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Release {
-            id: id(5),
-            role: a.clone(),
-            term: Some(Term(1))
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![release_cmd(5, &a, Some(1))]);
     m.handle_result(ms(130), id(5), Ok(CommandOutput::Released));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Notify {
-            id: id(6),
-            role: a.clone()
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![notify_cmd(6, &a)]);
     assert_eq!(events(&mut m), vec![]);
 }
 
@@ -478,13 +396,7 @@ fn claim_failing_with_session_lost_validates_instead_of_releasing() {
             }
         ]
     );
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Validate {
-            id: id(3),
-            roles: vec![a.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![validate_cmd(3, &[&a])]);
 }
 
 /// Leads `a`, loses the lease at the first renew (2020 ms): the lock's
@@ -503,14 +415,7 @@ fn lease_lost_with_release_in_flight(m: &mut Machine, a: &Role) {
         }]
     );
     m.handle_result(ms(2015), id(4), renewed(db(2015), &[]));
-    assert_eq!(
-        drain(m),
-        vec![Command::Release {
-            id: id(5),
-            role: a.clone(),
-            term: None
-        }]
-    );
+    assert_eq!(drain(m), vec![release_cmd(5, a, None)]);
     events(m);
 }
 
@@ -522,13 +427,7 @@ fn try_lock_waits_for_an_earlier_release_of_the_same_lock() {
     // The session is reported lost: the lock is in doubt, the release
     // stale. Validation finds the lock gone.
     m.handle_session_lost(ms(2030), "gone");
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Validate {
-            id: id(6),
-            roles: vec![a.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![validate_cmd(6, &[&a])]);
     m.handle_result(ms(2040), id(6), validated(&[]));
     assert_eq!(m.state(&a), Some(RoleState::Follower));
     // Due at 3040, but the old release may still run and would unlock a
@@ -559,32 +458,13 @@ fn release_is_sent_again_when_an_earlier_one_went_stale() {
     m.handle_result(ms(2040), id(6), validated(&[&a]));
     assert_eq!(drain(&mut m), vec![]);
     m.handle_timeout(ms(3040));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Validate {
-            id: id(7),
-            roles: vec![a.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![validate_cmd(7, &[&a])]);
     m.handle_result(ms(3050), id(7), validated(&[&a]));
     // The stale release times out (its result would be ignored anyway):
     // a new one goes out.
     m.handle_timeout(ms(3520));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Release {
-            id: id(8),
-            role: a.clone(),
-            term: None
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![release_cmd(8, &a, None)]);
     m.handle_result(ms(3530), id(8), Ok(CommandOutput::Released));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Notify {
-            id: id(9),
-            role: a.clone()
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![notify_cmd(9, &a)]);
     assert_eq!(m.state(&a), Some(RoleState::Follower));
 }

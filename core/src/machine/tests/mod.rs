@@ -75,6 +75,47 @@ fn events(m: &mut Machine) -> Vec<Event> {
     std::iter::from_fn(|| m.poll_event()).collect()
 }
 
+/// `Command::TryLock` with id `n` for `roles`.
+fn try_lock_cmd(n: u64, roles: &[&Role]) -> Command {
+    Command::TryLock {
+        id: id(n),
+        roles: roles.iter().map(|r| (*r).clone()).collect(),
+    }
+}
+
+/// `Command::Validate` with id `n` for `roles`.
+fn validate_cmd(n: u64, roles: &[&Role]) -> Command {
+    Command::Validate {
+        id: id(n),
+        roles: roles.iter().map(|r| (*r).clone()).collect(),
+    }
+}
+
+/// `Command::Claim` with id `n`.
+fn claim_cmd(n: u64, role: &Role) -> Command {
+    Command::Claim {
+        id: id(n),
+        role: role.clone(),
+    }
+}
+
+/// `Command::Release` with id `n`, expiring `term` if given.
+fn release_cmd(n: u64, role: &Role, term: Option<u64>) -> Command {
+    Command::Release {
+        id: id(n),
+        role: role.clone(),
+        term: term.map(Term),
+    }
+}
+
+/// `Command::Notify` with id `n`.
+fn notify_cmd(n: u64, role: &Role) -> Command {
+    Command::Notify {
+        id: id(n),
+        role: role.clone(),
+    }
+}
+
 /// A lease row of `role` held by `holder`.
 fn lease(role: &Role, holder: &str, term: u64, until: DbTimestamp) -> LeaseRecord {
     LeaseRecord {

@@ -29,27 +29,14 @@ fn resign_drains_then_releases_then_notifies_then_holds_off() {
         })
     );
     m.handle_drained(ms(200), &a);
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Release {
-            id: id(3),
-            role: a.clone(),
-            term: Some(Term(1))
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![release_cmd(3, &a, Some(1))]);
     assert_eq!(events(&mut m), vec![]);
     // A second "drained" changes nothing.
     m.handle_drained(ms(205), &a);
     assert_eq!(drain(&mut m), vec![]);
     // Notify only once the release is done.
     m.handle_result(ms(210), id(3), Ok(CommandOutput::Released));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Notify {
-            id: id(4),
-            role: a.clone()
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![notify_cmd(4, &a)]);
     assert_eq!(events(&mut m), vec![]);
     assert_eq!(m.state(&a), Some(RoleState::Follower));
     m.handle_result(ms(220), id(4), Ok(CommandOutput::Notified));
@@ -61,13 +48,7 @@ fn resign_drains_then_releases_then_notifies_then_holds_off() {
     assert_eq!(drain(&mut m), vec![]);
     assert_eq!(m.poll_timeout(), Some(ms(2100)));
     m.handle_timeout(ms(2100));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::TryLock {
-            id: id(5),
-            roles: vec![a.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![try_lock_cmd(5, &[&a])]);
 }
 
 #[test]
@@ -145,22 +126,9 @@ fn resign_while_elect_releases_without_leading() {
     assert_eq!(events(&mut m), vec![]);
     // The predecessor's lease still runs: the row this node claimed must
     // keep the next holder waiting for it, so it is not expired.
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Release {
-            id: id(3),
-            role: a.clone(),
-            term: None
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![release_cmd(3, &a, None)]);
     m.handle_result(ms(40), id(3), Ok(CommandOutput::Released));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Notify {
-            id: id(4),
-            role: a.clone()
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![notify_cmd(4, &a)]);
     assert_eq!(m.state(&a), Some(RoleState::Follower));
     assert_eq!(m.poll_timeout(), Some(ms(1540)));
 }
@@ -172,26 +140,13 @@ fn resign_while_the_claim_is_in_flight_does_not_lead() {
     m.add_role(ms(0), a.clone());
     drain(&mut m);
     m.handle_result(ms(10), id(1), granted(db(10), &[&a]));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Claim {
-            id: id(2),
-            role: a.clone()
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![claim_cmd(2, &a)]);
     m.handle_resign(ms(15), &a);
     m.handle_result(ms(20), id(2), claimed(1, None, db(20)));
     assert_eq!(events(&mut m), vec![]);
     assert!(!m.is_leader(&a, ms(20)));
     // The claimed lease is expired and the lock given back.
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Release {
-            id: id(3),
-            role: a.clone(),
-            term: Some(Term(1))
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![release_cmd(3, &a, Some(1))]);
 }
 
 #[test]
@@ -202,14 +157,7 @@ fn resign_while_trying_gives_a_granted_lock_back() {
     drain(&mut m);
     m.handle_resign(ms(5), &a);
     m.handle_result(ms(10), id(1), granted(db(10), &[&a]));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Release {
-            id: id(2),
-            role: a.clone(),
-            term: None
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![release_cmd(2, &a, None)]);
     assert_eq!(events(&mut m), vec![]);
 }
 
@@ -228,13 +176,7 @@ fn stop_of_a_follower_stops_at_once() {
     assert_eq!(m.poll_timeout(), None);
     // Added again, it campaigns again.
     m.add_role(ms(30), a.clone());
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::TryLock {
-            id: id(2),
-            roles: vec![a.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![try_lock_cmd(2, &[&a])]);
     assert!(!m.is_stopped());
 }
 
@@ -255,22 +197,9 @@ fn stop_while_trying_settles_on_the_result() {
     drain(&mut m);
     m.handle_stop(ms(25), &b);
     m.handle_result(ms(30), id(2), granted(db(30), &[&b]));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Release {
-            id: id(3),
-            role: b.clone(),
-            term: None
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![release_cmd(3, &b, None)]);
     m.handle_result(ms(40), id(3), Ok(CommandOutput::Released));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Notify {
-            id: id(4),
-            role: b.clone()
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![notify_cmd(4, &b)]);
     assert_eq!(events(&mut m), vec![Event::RoleStopped { role: b.clone() }]);
     assert!(!m.is_stopped(), "the notify is still in flight");
     m.handle_result(ms(50), id(4), Ok(CommandOutput::Notified));
@@ -299,24 +228,11 @@ fn shutdown_twice_is_fine_and_ends_stopped() {
     assert_eq!(events(&mut m), vec![]);
     assert_eq!(drain(&mut m), vec![]);
     m.handle_drained(ms(200), &a);
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Release {
-            id: id(3),
-            role: a.clone(),
-            term: Some(Term(1))
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![release_cmd(3, &a, Some(1))]);
     m.handle_shutdown(ms(205));
     assert_eq!(drain(&mut m), vec![]);
     m.handle_result(ms(210), id(3), Ok(CommandOutput::Released));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Notify {
-            id: id(4),
-            role: a.clone()
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![notify_cmd(4, &a)]);
     assert_eq!(events(&mut m), vec![Event::RoleStopped { role: a.clone() }]);
     assert!(!m.is_stopped());
     m.handle_result(ms(220), id(4), Ok(CommandOutput::Notified));
@@ -421,14 +337,7 @@ fn stop_while_claiming_over_a_running_lease_does_not_expire_it() {
     let prev = lease(&a, "node-b", 4, db(5000));
     m.handle_result(ms(20), id(2), claimed(5, Some(prev), db(20)));
     assert_eq!(events(&mut m), vec![]);
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Release {
-            id: id(3),
-            role: a.clone(),
-            term: None
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![release_cmd(3, &a, None)]);
 }
 
 #[test]

@@ -6,13 +6,7 @@ use crate::machine::{RoleState, StepDownReason};
 /// Answers the first validation (#3 at 1010 ms) of [`lead`].
 fn validate_once(m: &mut Machine, a: &Role) {
     m.handle_timeout(ms(1010));
-    assert_eq!(
-        drain(m),
-        vec![Command::Validate {
-            id: id(3),
-            roles: vec![a.clone()]
-        }]
-    );
+    assert_eq!(drain(m), vec![validate_cmd(3, &[a])]);
     m.handle_result(ms(1020), id(3), validated(&[a]));
     assert_eq!(drain(m), vec![]);
     assert_eq!(events(m), vec![]);
@@ -48,13 +42,7 @@ fn renew_ok_extends_the_deadline_from_the_send_instant() {
     // The next renew is due a renew interval after the last was sent.
     assert_eq!(m.poll_timeout(), Some(ms(2020)));
     m.handle_timeout(ms(2020));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Validate {
-            id: id(5),
-            roles: vec![a.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![validate_cmd(5, &[&a])]);
     m.handle_result(ms(2030), id(5), validated(&[&a]));
     assert_eq!(m.poll_timeout(), Some(ms(3030)));
     m.handle_timeout(ms(4010));
@@ -65,10 +53,7 @@ fn renew_ok_extends_the_deadline_from_the_send_instant() {
                 id: id(6),
                 leases: vec![held(&a, 1)]
             },
-            Command::Validate {
-                id: id(7),
-                roles: vec![a.clone()]
-            }
+            validate_cmd(7, &[&a])
         ]
     );
 }
@@ -79,21 +64,9 @@ fn many_roles_are_renewed_in_one_command() {
     let (a, b) = (r("a"), r("b"));
     lead(&mut m, &a);
     m.add_role(ms(30), b.clone());
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::TryLock {
-            id: id(3),
-            roles: vec![b.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![try_lock_cmd(3, &[&b])]);
     m.handle_result(ms(40), id(3), granted(db(40), &[&b]));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Claim {
-            id: id(4),
-            role: b.clone()
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![claim_cmd(4, &b)]);
     m.handle_result(ms(50), id(4), claimed(7, None, db(50)));
     assert_eq!(
         events(&mut m),
@@ -104,13 +77,7 @@ fn many_roles_are_renewed_in_one_command() {
         }]
     );
     m.handle_timeout(ms(1010));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Validate {
-            id: id(5),
-            roles: vec![a.clone(), b.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![validate_cmd(5, &[&a, &b])]);
     m.handle_result(ms(1020), id(5), validated(&[&a, &b]));
     m.handle_timeout(ms(2010));
     assert_eq!(
@@ -163,13 +130,7 @@ fn renew_error_makes_the_leader_suspect_until_a_renew_succeeds() {
         ]
     );
     // The validation due at 2020 goes out with it.
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Validate {
-            id: id(5),
-            roles: vec![a.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![validate_cmd(5, &[&a])]);
     assert_eq!(m.state(&a), Some(RoleState::Suspect { since: ms(20) }));
     // Still the leader until the deadline.
     assert!(m.is_leader(&a, ms(2100)));
@@ -213,10 +174,7 @@ fn renew_timeout_makes_the_leader_suspect() {
                 id: id(4),
                 leases: vec![held(&a, 1)]
             },
-            Command::Validate {
-                id: id(5),
-                roles: vec![a.clone()]
-            }
+            validate_cmd(5, &[&a])
         ]
     );
     m.handle_result(ms(2030), id(5), validated(&[&a]));
@@ -432,27 +390,11 @@ fn renew_result_missing_a_role_is_lease_lost() {
     // The row is someone else's: unlock without expiring it.
     assert_eq!(
         drain(&mut m),
-        vec![
-            Command::Release {
-                id: id(5),
-                role: a.clone(),
-                term: None
-            },
-            Command::Validate {
-                id: id(6),
-                roles: vec![a.clone()]
-            }
-        ]
+        vec![release_cmd(5, &a, None), validate_cmd(6, &[&a])]
     );
     assert!(!m.is_leader(&a, ms(2050)));
     m.handle_result(ms(2060), id(5), Ok(CommandOutput::Released));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Notify {
-            id: id(7),
-            role: a.clone()
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![notify_cmd(7, &a)]);
     assert_eq!(m.state(&a), Some(RoleState::Follower));
     assert_eq!(m.poll_timeout(), Some(ms(3060)));
 }
@@ -476,10 +418,7 @@ fn renew_batch_with_one_role_missing_keeps_the_other() {
                 id: id(5),
                 leases: vec![held(&a, 1), held(&b, 7)]
             },
-            Command::Validate {
-                id: id(6),
-                roles: vec![a.clone(), b.clone()]
-            }
+            validate_cmd(6, &[&a, &b])
         ]
     );
     m.handle_result(ms(2020), id(5), renewed(db(2020), &[&a]));
@@ -497,14 +436,7 @@ fn renew_batch_with_one_role_missing_keeps_the_other() {
             }
         ]
     );
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Release {
-            id: id(7),
-            role: b.clone(),
-            term: None
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![release_cmd(7, &b, None)]);
     assert!(m.is_leader(&a, ms(2020)));
     assert!(!m.is_leader(&b, ms(2020)));
 }
@@ -534,13 +466,7 @@ fn renew_session_lost_steps_down_and_validates() {
         ]
     );
     assert!(!m.is_leader(&a, ms(2015)));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Validate {
-            id: id(5),
-            roles: vec![a.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![validate_cmd(5, &[&a])]);
     // Gone indeed: follower again, nothing to release or announce.
     m.handle_result(ms(2020), id(5), validated(&[]));
     assert_eq!(drain(&mut m), vec![]);
@@ -562,10 +488,7 @@ fn a_late_wake_past_the_deadline_steps_down_without_at_risk() {
                 id: id(3),
                 leases: vec![held(&a, 1)]
             },
-            Command::Validate {
-                id: id(4),
-                roles: vec![a.clone()]
-            }
+            validate_cmd(4, &[&a])
         ]
     );
     // The process was paused: next woken long after the deadline.

@@ -10,13 +10,7 @@ fn validation_keeps_a_held_lock_on_its_cadence() {
     lead(&mut m, &a);
     assert_eq!(m.poll_timeout(), Some(ms(1010)));
     m.handle_timeout(ms(1010));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Validate {
-            id: id(3),
-            roles: vec![a.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![validate_cmd(3, &[&a])]);
     m.handle_result(ms(1020), id(3), validated(&[&a]));
     assert_eq!(events(&mut m), vec![]);
     assert_eq!(drain(&mut m), vec![]);
@@ -90,30 +84,11 @@ fn session_lost_steps_down_validates_and_unlocks_if_still_held() {
             phase: ReleasePhase::Unlocking
         })
     );
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Validate {
-            id: id(3),
-            roles: vec![a.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![validate_cmd(3, &[&a])]);
     m.handle_result(ms(110), id(3), validated(&[&a]));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Release {
-            id: id(4),
-            role: a.clone(),
-            term: Some(Term(1))
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![release_cmd(4, &a, Some(1))]);
     m.handle_result(ms(120), id(4), Ok(CommandOutput::Released));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Notify {
-            id: id(5),
-            role: a.clone()
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![notify_cmd(5, &a)]);
     assert_eq!(events(&mut m), vec![]);
     assert_eq!(m.state(&a), Some(RoleState::Follower));
 }
@@ -166,13 +141,7 @@ fn session_lost_while_draining_skips_the_drain() {
             reason: "gone".to_owned()
         }]
     );
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Validate {
-            id: id(3),
-            roles: vec![a.clone()]
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![validate_cmd(3, &[&a])]);
     m.handle_result(ms(120), id(3), validated(&[]));
     assert_eq!(m.state(&a), Some(RoleState::Follower));
     // Held off since the resign.
@@ -186,36 +155,17 @@ fn release_waits_for_a_claim_still_in_flight() {
     m.add_role(ms(0), a.clone());
     drain(&mut m);
     m.handle_result(ms(10), id(1), granted(db(10), &[&a]));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Claim {
-            id: id(2),
-            role: a.clone()
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![claim_cmd(2, &a)]);
     // The session is reported lost while the claim is still out.
     m.handle_session_lost(ms(20), "connection closed");
     events(&mut m);
     let cmds = drain(&mut m);
-    assert_eq!(
-        cmds,
-        vec![Command::Validate {
-            id: id(3),
-            roles: vec![a.clone()]
-        }]
-    );
+    assert_eq!(cmds, vec![validate_cmd(3, &[&a])]);
     // Still held after all: give it back, but not while the claim runs.
     m.handle_result(ms(30), id(3), validated(&[&a]));
     assert_eq!(drain(&mut m), vec![]);
     // The (now stale) claim answers; only then does the release go out.
     m.handle_result(ms(40), id(2), claimed(1, None, db(40)));
-    assert_eq!(
-        drain(&mut m),
-        vec![Command::Release {
-            id: id(4),
-            role: a.clone(),
-            term: None
-        }]
-    );
+    assert_eq!(drain(&mut m), vec![release_cmd(4, &a, None)]);
     assert!(!m.is_leader(&a, ms(40)));
 }
