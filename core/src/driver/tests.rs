@@ -211,6 +211,14 @@ fn granting_db(l: &Log, renew_ok: Arc<AtomicBool>) -> MockDb {
     db
 }
 
+/// [`granting_db`] whose renewals succeed (or not) for good, and whose
+/// validation always finds every lock still held.
+fn holding_db(l: &Log, renew_ok: bool) -> MockDb {
+    let mut db = granting_db(l, Arc::new(AtomicBool::new(renew_ok)));
+    db.expect_held().returning(|_, roles| Ok(roles.to_vec()));
+    db
+}
+
 fn harness(db: MockDb) -> Arc<Harness> {
     Arc::new(Harness {
         db,
@@ -231,9 +239,7 @@ async fn elector(h: Arc<Harness>) -> Elector {
 #[tokio::test(start_paused = true)]
 async fn failing_renewals_step_down_exactly_at_the_deadline_and_cancel_work() {
     let l = Log::default();
-    let ok = Arc::new(AtomicBool::new(false));
-    let mut db = granting_db(&l, ok);
-    db.expect_held().returning(|_, roles| Ok(roles.to_vec()));
+    let db = holding_db(&l, false);
     let e = elector(harness(db)).await;
     let h = e.spawn(role()).await.unwrap();
     let start = Instant::now();
@@ -257,9 +263,7 @@ async fn failing_renewals_step_down_exactly_at_the_deadline_and_cancel_work() {
 #[tokio::test(start_paused = true)]
 async fn is_leader_checks_the_deadline_even_if_the_driver_is_late() {
     let l = Log::default();
-    let ok = Arc::new(AtomicBool::new(false));
-    let mut db = granting_db(&l, ok);
-    db.expect_held().returning(|_, roles| Ok(roles.to_vec()));
+    let db = holding_db(&l, false);
     let e = elector(harness(db)).await;
     let h = e.spawn(role()).await.unwrap();
     h.wait_until_leader().await.unwrap();
@@ -273,9 +277,7 @@ async fn is_leader_checks_the_deadline_even_if_the_driver_is_late() {
 #[tokio::test(start_paused = true)]
 async fn a_hung_renew_does_not_hold_leadership_past_the_deadline() {
     let l = Log::default();
-    let ok = Arc::new(AtomicBool::new(true));
-    let mut db = granting_db(&l, ok);
-    db.expect_held().returning(|_, roles| Ok(roles.to_vec()));
+    let db = holding_db(&l, true);
     let h = harness(db);
     let e = elector(h.clone()).await;
     let lh = e.spawn(role()).await.unwrap();
@@ -352,9 +354,7 @@ async fn session_closed_steps_down_immediately() {
 #[tokio::test(start_paused = true)]
 async fn resign_drains_work_then_releases_then_notifies() {
     let l = Log::default();
-    let ok = Arc::new(AtomicBool::new(true));
-    let mut db = granting_db(&l, ok);
-    db.expect_held().returning(|_, roles| Ok(roles.to_vec()));
+    let db = holding_db(&l, true);
     let e = elector(harness(db)).await;
     let h = e.spawn(role()).await.unwrap();
     h.wait_until_leader().await.unwrap();
@@ -393,9 +393,7 @@ async fn resign_drains_work_then_releases_then_notifies() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_twice_is_fine_and_releases() {
     let l = Log::default();
-    let ok = Arc::new(AtomicBool::new(true));
-    let mut db = granting_db(&l, ok);
-    db.expect_held().returning(|_, roles| Ok(roles.to_vec()));
+    let db = holding_db(&l, true);
     let e = elector(harness(db)).await;
     let h = e.spawn(role()).await.unwrap();
     h.wait_until_leader().await.unwrap();
@@ -430,9 +428,7 @@ async fn bad_config_and_dead_database_fail_at_build() {
 #[tokio::test(start_paused = true)]
 async fn one_node_many_roles_renews_in_one_call() {
     let l = Log::default();
-    let ok = Arc::new(AtomicBool::new(true));
-    let mut db = granting_db(&l, ok);
-    db.expect_held().returning(|_, roles| Ok(roles.to_vec()));
+    let db = holding_db(&l, true);
     let e = elector(harness(db)).await;
     let mut handles = Vec::new();
     for i in 0..20 {
