@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use regent::{
-    Backend, Config, Elector, LeaderHandle, Namespace, NodeId, Role, TakeoverPolicy, Term,
+    Backend, Config, ConfigBuilder, Elector, LeaderHandle, Namespace, NodeId, Role, TakeoverPolicy,
+    Term,
 };
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -69,6 +70,11 @@ pub trait Factory: Send + Sync + 'static {
 /// Short timings so the suite runs in seconds; generous enough for a busy
 /// 2-core machine.
 pub fn fast_config(policy: TakeoverPolicy) -> Config {
+    fast_builder(policy).build().expect("valid test config")
+}
+
+/// [`fast_config`] as a builder, for scenarios that change one more knob.
+pub fn fast_builder(policy: TakeoverPolicy) -> ConfigBuilder {
     Config::builder()
         .lease_duration(Duration::from_secs(2))
         .renew_interval(Duration::from_millis(400))
@@ -80,8 +86,6 @@ pub fn fast_config(policy: TakeoverPolicy) -> Config {
         .safety_margin(Duration::from_millis(100))
         .drain_timeout(Duration::from_secs(1))
         .takeover_policy(policy)
-        .build()
-        .expect("valid test config")
 }
 
 /// An admin pool on the database under test.

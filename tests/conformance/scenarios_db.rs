@@ -11,7 +11,9 @@ use sqlx::{Connection, PgConnection};
 use tokio::time::Instant;
 
 use super::crash::Crashable;
-use super::{Factory, FenceError, admin, campaign, eventually, fast_config, leaders, unique};
+use super::{
+    Factory, FenceError, admin, campaign, eventually, fast_builder, fast_config, leaders, unique,
+};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -48,15 +50,7 @@ async fn plant_zombie(
 }
 
 fn preempting(grace: Duration) -> Config {
-    let base = fast_config(TakeoverPolicy::WaitForLease);
-    Config::builder()
-        .lease_duration(base.lease_duration())
-        .renew_interval(base.renew_interval())
-        .attempt_timeout(base.attempt_timeout())
-        .validate_interval(base.validate_interval())
-        .retry_interval(base.retry_interval())
-        .retry_jitter(base.retry_jitter())
-        .safety_margin(base.safety_margin())
+    fast_builder(TakeoverPolicy::WaitForLease)
         .preempt_zombies(true)
         .zombie_grace(grace)
         .build()
