@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use rand_core::{Infallible, TryRng};
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
@@ -25,30 +26,6 @@ pub(crate) enum Ctrl {
     Drained(Role),
     Notified(NotifyEvent),
     SessionClosed,
-}
-
-/// SplitMix64: the driver's jitter source, seeded by the builder.
-struct SplitMix(u64);
-
-impl TryRng for SplitMix {
-    type Error = Infallible;
-    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
-        Ok((self.try_next_u64()? >> 32) as u32)
-    }
-    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        Ok(z ^ (z >> 31))
-    }
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
-        for chunk in dst.chunks_mut(8) {
-            let v = self.try_next_u64()?.to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-        Ok(())
-    }
 }
 
 pub(crate) struct NodeTask {
@@ -84,7 +61,7 @@ impl NodeTask {
             node.clone(),
             namespace.clone(),
             config.clone(),
-            SplitMix(seed),
+            ChaCha8Rng::seed_from_u64(seed),
         );
         Self {
             machine,
