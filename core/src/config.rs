@@ -27,6 +27,35 @@ pub enum TakeoverPolicy {
     Immediate,
 }
 
+impl TakeoverPolicy {
+    /// The policy's name on command lines and in logs: `wait-for-lease` or
+    /// `immediate`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TakeoverPolicy::WaitForLease => "wait-for-lease",
+            TakeoverPolicy::Immediate => "immediate",
+        }
+    }
+}
+
+/// A word that names no [`TakeoverPolicy`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("unknown takeover policy {0:?}; use wait-for-lease or immediate")]
+pub struct UnknownPolicy(pub String);
+
+impl std::str::FromStr for TakeoverPolicy {
+    type Err = UnknownPolicy;
+
+    /// Parses `wait-for-lease` (or `wait`) and `immediate`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "wait-for-lease" | "wait" => Ok(TakeoverPolicy::WaitForLease),
+            "immediate" => Ok(TakeoverPolicy::Immediate),
+            other => Err(UnknownPolicy(other.to_owned())),
+        }
+    }
+}
+
 /// A configuration value that breaks a rule. The message names the field
 /// and the rule.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -430,6 +459,15 @@ mod tests {
             msg.contains("renew_interval") && msg.contains("half"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn policies_parse_by_name() {
+        for p in [TakeoverPolicy::WaitForLease, TakeoverPolicy::Immediate] {
+            assert_eq!(p.name().parse::<TakeoverPolicy>(), Ok(p));
+        }
+        assert_eq!("wait".parse(), Ok(TakeoverPolicy::WaitForLease));
+        assert!("eventually".parse::<TakeoverPolicy>().is_err());
     }
 
     #[test]

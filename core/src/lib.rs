@@ -108,7 +108,7 @@ pub use backend::{
     Backend, BackendError, ClaimOutcome, HeldLease, Lease, Lock, LockAttempt, Notify, NotifyEvent,
     PreemptOutcome, RenewOutcome, Subscription, TryLockOutcome,
 };
-pub use config::{Config, ConfigBuilder, ConfigError, TakeoverPolicy};
+pub use config::{Config, ConfigBuilder, ConfigError, TakeoverPolicy, UnknownPolicy};
 pub use machine::{
     Command, CommandId, CommandOutput, CommandResult, Event, Machine, ObservedLeader, ReleasePhase,
     RoleState, StepDownReason,

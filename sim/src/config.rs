@@ -159,10 +159,7 @@ impl FromStr for FaultSelection {
 
 /// The command-line name of a takeover policy.
 pub fn policy_name(policy: TakeoverPolicy) -> &'static str {
-    match policy {
-        TakeoverPolicy::WaitForLease => "wait-for-lease",
-        TakeoverPolicy::Immediate => "immediate",
-    }
+    policy.name()
 }
 
 /// Parses `wait-for-lease` or `immediate`.
@@ -170,15 +167,11 @@ pub fn policy_name(policy: TakeoverPolicy) -> &'static str {
 /// # Errors
 /// [`ParseError`] for any other word.
 pub fn parse_policy(s: &str) -> Result<TakeoverPolicy, ParseError> {
-    match s {
-        "wait-for-lease" | "wait" => Ok(TakeoverPolicy::WaitForLease),
-        "immediate" => Ok(TakeoverPolicy::Immediate),
-        other => Err(ParseError {
-            what: "policy",
-            got: other.to_owned(),
-            expected: "wait-for-lease, immediate".to_owned(),
-        }),
-    }
+    s.parse().map_err(|_| ParseError {
+        what: "policy",
+        got: s.to_owned(),
+        expected: "wait-for-lease, immediate".to_owned(),
+    })
 }
 
 /// One simulation run: the seed decides everything else (fault rates, node

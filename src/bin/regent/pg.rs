@@ -132,15 +132,7 @@ fn now_utc() -> String {
 
 /// `regent node`
 pub(crate) async fn node(args: NodeArgs) -> Result<u8, CliError> {
-    let policy = match args.policy.as_str() {
-        "wait-for-lease" | "wait" => TakeoverPolicy::WaitForLease,
-        "immediate" => TakeoverPolicy::Immediate,
-        other => {
-            return Err(CliError(format!(
-                "unknown --policy {other:?}; use wait-for-lease or immediate"
-            )));
-        }
-    };
+    let policy: TakeoverPolicy = args.policy.parse()?;
     let config = Config::builder()
         .lease_duration(args.lease)
         .renew_interval(args.renew)
