@@ -106,15 +106,20 @@ fn hand_written_schedule() {
 /// few faults: how a user gets a minimal reproduction.
 #[test]
 fn proptest_shrinks_a_failing_schedule() {
-    use proptest::test_runner::{Config, TestError, TestRunner};
+    use proptest::test_runner::{Config, RngAlgorithm, TestError, TestRng, TestRunner};
     use regent_sim::Mutant;
 
-    let mut runner = TestRunner::new(Config {
-        cases: 64,
-        max_shrink_iters: 200,
-        failure_persistence: None,
-        ..Config::default()
-    });
+    // A fixed proptest seed: how far shrinking gets within its iteration
+    // budget depends on the cases drawn, and CI must not depend on luck.
+    let mut runner = TestRunner::new_with_rng(
+        Config {
+            cases: 64,
+            max_shrink_iters: 200,
+            failure_persistence: None,
+            ..Config::default()
+        },
+        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+    );
     let strategy = sim_config(3, 1, 120).prop_map(|c| SimConfig {
         mutant: Some(Mutant::SkipsLeaseWait),
         ..c
