@@ -5,6 +5,11 @@
 pub use regent_core::*;
 
 /// The PostgreSQL backend on sqlx (feature `sqlx`).
+/// The PostgreSQL engine both PostgreSQL backends share: statements, DDL,
+/// key derivation, settings.
+#[cfg(any(feature = "sqlx", feature = "tokio-postgres"))]
+pub use regent_postgres as postgres;
+
 #[cfg(feature = "sqlx")]
 pub use regent_sqlx as sqlx;
 

@@ -3,14 +3,14 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use regent_core::postgres::{DEFAULT_SCHEMA, DEFAULT_TABLE, Settings, TableName, require};
+use regent_postgres::{DEFAULT_SCHEMA, DEFAULT_TABLE, Settings, TableName, require};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 
 use crate::SqlxBackend;
 use crate::error::SetupError;
 
-pub use regent_core::postgres::SessionSettings;
+pub use regent_postgres::SessionSettings;
 
 /// The GUCs of the lock session: the shared
 /// [`Settings::session_gucs`] plus, on this backend,

@@ -1,8 +1,8 @@
 //! Error types of the crate, and the mapping of sqlx errors to
 //! [`BackendError`].
 
-use regent_core::postgres::{self, IdentError, OptionError, Stale, TableName};
 use regent_core::{BackendError, Term};
+use regent_postgres::{self as postgres, IdentError, OptionError, Stale, TableName};
 use thiserror::Error;
 
 /// Building, connecting or migrating a [`SqlxBackend`](crate::SqlxBackend)
@@ -38,7 +38,7 @@ pub enum SetupError {
     /// `migrate()` failed.
     #[error(
         "creating the lease table {table} failed: {source}; the connecting role needs \
-         CREATE on the schema (or apply core/sql/regent_leases.sql from the regent sources as a privileged user)"
+         CREATE on the schema (or apply postgres/sql/regent_leases.sql from the regent sources as a privileged user)"
     )]
     Migrate {
         /// The table being created.
@@ -136,7 +136,7 @@ mod tests {
 
     #[test]
     fn messages_say_what_to_do() {
-        // The messages themselves are tested in regent_core::postgres.
+        // The messages themselves are tested in regent_postgres.
         let stale = Stale {
             namespace: "default".into(),
             role: "r".into(),

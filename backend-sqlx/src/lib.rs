@@ -6,7 +6,7 @@
 //! it with the server's `now()`. Everything else (`list`, `read`,
 //! notifications, preemption, fenced transactions) uses a shared
 //! [`sqlx::PgPool`]. The SQL text and advisory-key derivation live in
-//! [`regent_core::postgres`], shared with the other Postgres backend.
+//! [`regent_postgres`], shared with the other Postgres backend.
 //!
 //! Cloning a backend gives another handle to the *same* node (same
 //! session). For several nodes in one process, build one backend each:
@@ -45,7 +45,7 @@
 //! session start means a transaction pooler, refused with `Misconfigured`, as does a short-lived probe connection (same connect options, so
 //! through the same pooler), opened between those round trips, being handed
 //! the session's own backend (see
-//! [`pooler_probe_error`](regent_core::postgres::pooler_probe_error)).
+//! [`pooler_probe_error`](regent_postgres::pooler_probe_error)).
 //!
 //! # Isolation
 //!
@@ -71,7 +71,7 @@ mod session;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use regent_core::postgres::{self, Statements, TableName};
+use regent_postgres::{self as postgres, Statements, TableName};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{AssertSqlSafe, PgPool};
 use tokio::sync::Mutex;
@@ -80,7 +80,7 @@ pub use builder::{SessionSettings, SqlxBackendBuilder};
 pub use error::{FencedError, SetupError};
 pub use notify::SqlxSubscription;
 
-use regent_core::postgres::Settings;
+use regent_postgres::Settings;
 use session::Slot;
 
 /// The regent backend over PostgreSQL through sqlx: implements
@@ -174,7 +174,7 @@ impl SqlxBackend {
     /// Idempotent, and safe when many processes run it at once: it runs in
     /// one transaction under `pg_advisory_xact_lock`. When the table already
     /// exists it does nothing, so it also works for a role without the
-    /// `CREATE` privilege. The same DDL ships as `core/sql/regent_leases.sql` (regent-core).
+    /// `CREATE` privilege. The same DDL ships as `postgres/sql/regent_leases.sql` (regent-postgres).
     pub async fn migrate(&self) -> Result<(), SetupError> {
         let table = &self.inner.settings.table;
         let fail = |source| SetupError::Migrate {

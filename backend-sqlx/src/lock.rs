@@ -4,10 +4,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use regent_core::postgres::{self, AdvisoryKey, SQLSTATE_INSUFFICIENT_PRIVILEGE};
 use regent_core::{
     BackendError, LeaseRecord, Lock, Namespace, PreemptOutcome, Role, TryLockOutcome,
 };
+use regent_postgres::{self as postgres, AdvisoryKey, SQLSTATE_INSUFFICIENT_PRIVILEGE};
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::SqlxBackend;

@@ -2,8 +2,8 @@
 //! namespace.
 
 use async_trait::async_trait;
-use regent_core::postgres::{self, TableName};
 use regent_core::{BackendError, Namespace, Notify, NotifyEvent, Role, Subscription};
+use regent_postgres::{self as postgres, TableName};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{AssertSqlSafe, PgPool};
 

@@ -4,11 +4,11 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use regent_core::postgres::{self, AdvisoryKey, Planned, TryLockParams};
 use regent_core::{
     BackendError, ClaimOutcome, HeldLease, Namespace, NodeId, RenewOutcome, Role, Term,
     TryLockOutcome,
 };
+use regent_postgres::{self as postgres, AdvisoryKey, Planned, TryLockParams};
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::Inner;

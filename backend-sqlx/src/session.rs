@@ -6,8 +6,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use regent_core::postgres::{self, AdvisoryKey};
 use regent_core::{BackendError, DbTimestamp, Role};
+use regent_postgres::{self as postgres, AdvisoryKey};
 use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::{Connection, Row};
 use tokio::sync::{MutexGuard, oneshot};

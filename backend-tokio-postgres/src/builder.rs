@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use regent_core::postgres::{
+use regent_postgres::{
     DEFAULT_SCHEMA, DEFAULT_TABLE, Settings, TableName, require, startup_options,
 };
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
@@ -14,7 +14,7 @@ use crate::TokioPgBackend;
 use crate::connect::connector;
 use crate::error::SetupError;
 
-pub use regent_core::postgres::SessionSettings;
+pub use regent_postgres::SessionSettings;
 
 /// `base` with the name, client-side keepalives, connect timeout and (as
 /// startup options) the `gucs` of a session or listener.

@@ -2,8 +2,8 @@
 //! deadpool errors to [`BackendError`].
 
 use deadpool_postgres::{BuildError, PoolError};
-use regent_core::postgres::{self, IdentError, OptionError, Stale, TableName};
 use regent_core::{BackendError, Term};
+use regent_postgres::{self as postgres, IdentError, OptionError, Stale, TableName};
 use thiserror::Error;
 
 /// Building, connecting or migrating a
@@ -41,7 +41,7 @@ pub enum SetupError {
     /// `migrate()` failed.
     #[error(
         "creating the lease table {table} failed: {}; the connecting role needs \
-         CREATE on the schema (or apply core/sql/regent_leases.sql from the regent sources as a privileged user)",
+         CREATE on the schema (or apply postgres/sql/regent_leases.sql from the regent sources as a privileged user)",
         describe(&**.source)
     )]
     Migrate {
@@ -177,7 +177,7 @@ mod tests {
 
     #[test]
     fn messages_say_what_to_do() {
-        // The messages themselves are tested in regent_core::postgres.
+        // The messages themselves are tested in regent_postgres.
         let stale = Stale {
             namespace: "default".into(),
             role: "r".into(),

@@ -1,8 +1,8 @@
 //! Fenced transactions: leader-only writes that a stale leader cannot make.
 
 use deadpool_postgres::Object;
-use regent_core::postgres;
 use regent_core::{Namespace, NodeId, Role, Term};
+use regent_postgres as postgres;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, ToStatement};
 

@@ -3,11 +3,11 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use regent_core::postgres::{self, LeaseRow};
 use regent_core::{
     BackendError, ClaimOutcome, DbTimestamp, HeldLease, Lease, LeaseRecord, Namespace, NodeId,
     RenewOutcome, Role, Term,
 };
+use regent_postgres::{self as postgres, LeaseRow};
 use tokio_postgres::Row;
 
 use crate::TokioPgBackend;

@@ -12,7 +12,7 @@
 //! the engine steps down at once. Everything else (`list`, `read`,
 //! notifications, preemption, fenced transactions, `migrate`) uses a shared
 //! [`deadpool_postgres::Pool`]. The SQL text and advisory-key derivation
-//! live in [`regent_core::postgres`], shared with the sqlx backend.
+//! live in [`regent_postgres`], shared with the sqlx backend.
 //!
 //! Cloning a backend gives another handle to the *same* node (same
 //! session). For several nodes in one process, build one backend each:
@@ -73,7 +73,7 @@
 //! means a transaction pooler, refused with `Misconfigured`, as does a short-lived probe connection (same connect options, so
 //! through the same pooler), opened between those round trips, being handed
 //! the session's own backend (see
-//! [`pooler_probe_error`](regent_core::postgres::pooler_probe_error)).
+//! [`pooler_probe_error`](regent_postgres::pooler_probe_error)).
 //!
 //! # Pool recycling
 //!
@@ -103,7 +103,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Pool, PoolError};
 use regent_core::BackendError;
-use regent_core::postgres::{self, Statements, TableName};
+use regent_postgres::{self as postgres, Statements, TableName};
 use tokio::sync::{Mutex, watch};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Config, Row};
@@ -115,7 +115,7 @@ pub use notify::TokioPgSubscription;
 
 use connect::Connector;
 use error::{pool_error, pool_get_error};
-use regent_core::postgres::Settings;
+use regent_postgres::Settings;
 use session::{Health, Slot};
 
 /// The regent backend over PostgreSQL through tokio-postgres and
@@ -224,8 +224,8 @@ impl TokioPgBackend {
     /// Creates the lease table (and its schema, unless `public`) if missing.
     /// Idempotent, and safe when many processes run it at once: it runs in
     /// one transaction under `pg_advisory_xact_lock`. The same DDL ships as
-    /// `core/sql/regent_leases.sql` of regent-core and as
-    /// [`regent_core::postgres::ddl_script`].
+    /// `postgres/sql/regent_leases.sql` of regent-postgres and as
+    /// [`regent_postgres::ddl_script`].
     pub async fn migrate(&self) -> Result<(), SetupError> {
         let table = &self.inner.settings.table;
         let fail = |source: Box<dyn std::error::Error + Send + Sync>| SetupError::Migrate {

@@ -5,11 +5,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use regent_core::postgres::{
-    self, AdvisoryKey, Planned, SQLSTATE_INSUFFICIENT_PRIVILEGE, TryLockParams,
-};
 use regent_core::{
     BackendError, LeaseRecord, Lock, Namespace, PreemptOutcome, Role, TryLockOutcome,
+};
+use regent_postgres::{
+    self as postgres, AdvisoryKey, Planned, SQLSTATE_INSUFFICIENT_PRIVILEGE, TryLockParams,
 };
 
 use crate::error::sqlstate;

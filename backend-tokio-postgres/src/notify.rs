@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use regent_core::postgres::{self, TableName};
 use regent_core::{BackendError, Namespace, Notify, NotifyEvent, Role, Subscription};
+use regent_postgres::{self as postgres, TableName};
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, Config};
 

@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use regent_core::postgres::{self, AdvisoryKey};
 use regent_core::{BackendError, DbTimestamp, Role};
+use regent_postgres::{self as postgres, AdvisoryKey};
 use tokio::sync::{MutexGuard, watch};
 use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;

@@ -6,10 +6,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use regent_core::postgres::AdvisoryKey;
 use regent_core::{
     BackendError, HeldLease, Lease, Lock, Namespace, NodeId, Notify, NotifyEvent, Role, Term,
 };
+use regent_postgres::AdvisoryKey;
 use regent_tokio_postgres::{FencedError, TokioPgBackend};
 use support::Ctx;
 

@@ -98,7 +98,6 @@
 pub mod backend;
 pub mod config;
 pub mod machine;
-pub mod postgres;
 pub mod types;
 
 #[cfg(feature = "driver")]

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use regent_core::Namespace;
-use regent_core::postgres::AdvisoryKey;
+use regent_postgres::AdvisoryKey;
 use regent_tokio_postgres::TokioPgBackend;
 use tokio_postgres::{Client, Config, NoTls};
 

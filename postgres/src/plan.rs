@@ -5,9 +5,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{AdvisoryKey, MODE_ALREADY_HELD, MODE_SKIP, MODE_TRY};
-use crate::backend::{BackendError, LockAttempt};
-use crate::types::{LeaseRecord, Namespace, Role};
+use crate::{AdvisoryKey, MODE_ALREADY_HELD, MODE_SKIP, MODE_TRY};
+use regent_core::{BackendError, LockAttempt};
+use regent_core::{LeaseRecord, Namespace, Role};
 
 /// One role of a `try_lock` batch, planned against the session's held keys.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use super::TableName;
+use crate::TableName;
 
 /// How the session's settings (`statement_timeout`, server-side TCP
 /// keepalives) reach the server.

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::types::{Namespace, NodeId, Role, Term};
+use regent_core::{Namespace, NodeId, Role, Term};
 
 /// A stale fencing token: the lease row no longer names this holder with
 /// this term (another node took over, or the lease never existed).

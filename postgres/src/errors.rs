@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use super::{
+use crate::{
     SQLSTATE_INSUFFICIENT_PRIVILEGE, SQLSTATE_INVALID_SCHEMA, SQLSTATE_UNDEFINED_TABLE, TableName,
     missing_table_error, privilege_error,
 };
-use crate::backend::BackendError;
+use regent_core::BackendError;
 
 /// SQLSTATE `26000`: invalid_sql_statement_name (a prepared statement
 /// vanished).

@@ -1,8 +1,8 @@
 //! Advisory-lock keys and channel names: FNV-1a 64 and its fold to `int4`
 //! (see the [module docs](super) for the algorithm and test vectors).
 
-use super::TableName;
-use crate::types::{Namespace, Role};
+use crate::TableName;
+use regent_core::{Namespace, Role};
 
 /// The `bigint` key of `pg_advisory_xact_lock` that serialises concurrent
 /// migrations of one table. It uses the one-`int8` key form, a lock space
@@ -18,7 +18,7 @@ pub fn migrate_lock_key(table: &TableName) -> i64 {
 /// `0x100000001b3`).
 ///
 /// ```
-/// use regent_core::postgres::fnv1a64;
+/// use regent_postgres::fnv1a64;
 /// assert_eq!(fnv1a64(b""), 0xcbf29ce484222325);
 /// assert_eq!(fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
 /// assert_eq!(fnv1a64(b"foobar"), 0x85944171f73967e8);
@@ -53,7 +53,8 @@ impl AdvisoryKey {
     /// Derives the key pair of `role` in `namespace`.
     ///
     /// ```
-    /// use regent_core::{Namespace, Role, postgres::AdvisoryKey};
+    /// use regent_core::{Namespace, Role};
+    /// use regent_postgres::AdvisoryKey;
     /// let key = AdvisoryKey::derive(&Namespace::default(), &Role::new("scheduler").unwrap());
     /// assert_eq!(key, AdvisoryKey { ns: 1837981928, role: 944745537 });
     /// ```
@@ -81,7 +82,8 @@ impl AdvisoryKey {
 /// 63 bytes at most. The payload is the role name.
 ///
 /// ```
-/// use regent_core::{Namespace, postgres::notify_channel};
+/// use regent_core::Namespace;
+/// use regent_postgres::notify_channel;
 /// assert_eq!(notify_channel(&Namespace::default()), "regent:default");
 /// let long = Namespace::new("n".repeat(63)).unwrap();
 /// assert!(notify_channel(&long).len() <= 63);

@@ -3,9 +3,9 @@
 
 use thiserror::Error;
 
-use super::{PREEMPT_NOT_PERMITTED, PREEMPT_NOT_ZOMBIE, PREEMPT_TERMINATED};
-use crate::backend::{BackendError, HeldLease, PreemptOutcome};
-use crate::types::{DbTimestamp, LeaseRecord, NameError, Namespace, Role, Term};
+use crate::{PREEMPT_NOT_PERMITTED, PREEMPT_NOT_ZOMBIE, PREEMPT_TERMINATED};
+use regent_core::{BackendError, HeldLease, PreemptOutcome};
+use regent_core::{DbTimestamp, LeaseRecord, NameError, Namespace, Role, Term};
 
 /// A row read from the database that does not fit the protocol.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -1,7 +1,7 @@
 //! Statement text: the per-table protocol ([`Statements`]) and the
 //! connection-level statements both backends run.
 
-use super::TableName;
+use crate::TableName;
 
 /// `(extract(epoch FROM expr) * 1000000)::int8`: a timestamp as epoch µs.
 fn us(expr: &str) -> String {
