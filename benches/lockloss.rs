@@ -31,9 +31,9 @@ enum Node {
 }
 
 impl Node {
-    async fn session_pid(&self) -> Option<i32> {
+    fn session_pid(&self) -> Option<i32> {
         match self {
-            Node::Sqlx(b) => b.session_pid().await,
+            Node::Sqlx(b) => b.session_pid(),
             #[cfg(feature = "tokio-postgres")]
             Node::TokioPg(b) => b.session_pid(),
         }
@@ -102,7 +102,7 @@ async fn measure(url: &str, nodes: [Node; 2], kills: usize) -> (Vec<Duration>, u
         };
         // Vary the phase relative to the 1 s validation cadence.
         tokio::time::sleep(Duration::from_millis(200 + (k as u64 * 397) % 1000)).await;
-        let Some(pid) = nodes[leader].session_pid().await else {
+        let Some(pid) = nodes[leader].session_pid() else {
             missed += 1;
             continue;
         };

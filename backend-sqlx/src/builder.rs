@@ -12,37 +12,6 @@ use crate::error::SetupError;
 
 pub use regent_postgres::SessionSettings;
 
-/// The GUCs of the lock session: the shared
-/// [`Settings::session_gucs`] plus, on this backend,
-/// `client_connection_check_interval` (PostgreSQL 14+: abort a running
-/// statement, a claim waiting on a row lock say, soon after the client has
-/// gone away).
-pub(crate) fn session_gucs(settings: &Settings) -> Vec<(&'static str, String)> {
-    let mut gucs = settings.session_gucs();
-    gucs.insert(1, ("client_connection_check_interval", "1000".to_owned()));
-    gucs
-}
-
-/// Connect options of the lock session.
-pub(crate) fn session_options(settings: &Settings, base: &PgConnectOptions) -> PgConnectOptions {
-    let opts = base.clone().application_name(&settings.application_name);
-    match settings.session_settings {
-        SessionSettings::StartupOptions => opts.options(session_gucs(settings)),
-        SessionSettings::SetCommands => opts,
-    }
-}
-
-/// Connect options of the notification listener.
-pub(crate) fn listen_options(settings: &Settings, base: &PgConnectOptions) -> PgConnectOptions {
-    let opts = base
-        .clone()
-        .application_name(&settings.listen_application_name());
-    match settings.session_settings {
-        SessionSettings::StartupOptions => opts.options(settings.keepalive_gucs()),
-        SessionSettings::SetCommands => opts,
-    }
-}
-
 /// Builds a [`SqlxBackend`]. Every option has a default; none depends on a
 /// namespace, so one backend (one node) serves any number of namespaces and
 /// roles.
@@ -234,23 +203,5 @@ mod tests {
                 .validate()
                 .is_ok()
         );
-    }
-
-    #[test]
-    fn gucs_are_in_server_units() {
-        let s = Settings::default();
-        let gucs = session_gucs(&s);
-        assert_eq!(gucs[0], ("statement_timeout", "5000".to_owned()));
-        assert_eq!(gucs[1].0, "client_connection_check_interval");
-        assert_eq!(gucs[2], ("tcp_keepalives_idle", "5".to_owned()));
-        assert_eq!(gucs[4], ("tcp_keepalives_count", "3".to_owned()));
-        let base = PgConnectOptions::new();
-        let opts = session_options(&s, &base);
-        assert_eq!(opts.get_application_name(), Some("regent"));
-        let o = opts.get_options().unwrap_or_default();
-        assert!(o.contains("-c statement_timeout=5000"), "{o}");
-        assert!(o.contains("-c tcp_keepalives_count=3"), "{o}");
-        let listen = listen_options(&s, &base);
-        assert_eq!(listen.get_application_name(), Some("regent:listen"));
     }
 }

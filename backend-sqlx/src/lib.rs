@@ -32,20 +32,13 @@
 //!
 //! # Failure handling
 //!
-//! Calls on the session run one at a time, each in a task of its own, so a
-//! caller that gives up (the driver's per-attempt timeout) never interrupts
-//! a statement half-way: a call already running completes and its effects
-//! (a granted lock, say) are recorded, and a call that has not started yet
-//! is skipped. Any error on the session — a failed statement, the server's
-//! `statement_timeout`, no reply within that timeout plus 2 s — closes the
-//! session, so no lock can leak, and is reported as
-//! [`BackendError::SessionLost`](regent_core::BackendError) (a missing
-//! table or privilege as `Misconfigured`); the next call opens a new
-//! session. A `pg_backend_pid()` that changes between two round trips at
-//! session start means a transaction pooler, refused with `Misconfigured`, as does a short-lived probe connection (same connect options, so
-//! through the same pooler), opened between those round trips, being handed
-//! the session's own backend (see
-//! [`pooler_probe_error`](regent_postgres::pooler_probe_error)).
+//! Everything that decides — statements, the session and its cancellation
+//! rule, error classification, the transaction-pooler check — is
+//! [`regent_postgres`]'s engine, shared with `regent-tokio-postgres`; this
+//! crate only connects, binds and decodes (see
+//! [`regent_postgres::PgBackend`] for the rules). sqlx cannot see a
+//! connection close by itself, so a terminated session is noticed at the
+//! next lock validation (`validate_interval`).
 //!
 //! # Isolation
 //!
@@ -61,53 +54,35 @@
 #![warn(missing_docs, unreachable_pub)]
 
 mod builder;
+mod driver;
 mod error;
-mod lease;
-mod lock;
-mod notify;
-mod ops;
-mod session;
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-
-use regent_postgres::{self as postgres, Statements, TableName};
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{AssertSqlSafe, PgPool};
-use tokio::sync::Mutex;
+use regent_core::{Namespace, NodeId, Role, Term};
+use regent_postgres::{PgBackend, Settings, TableName};
+use sqlx::{PgPool, Postgres, Transaction};
 
 pub use builder::{SessionSettings, SqlxBackendBuilder};
-pub use error::{FencedError, SetupError};
-pub use notify::SqlxSubscription;
-
-use regent_postgres::Settings;
-use session::Slot;
+pub use driver::{SqlxConn, SqlxDriver, SqlxListener};
+pub use error::SetupError;
+pub use regent_postgres::{FencedError, PgSubscription};
 
 /// The regent backend over PostgreSQL through sqlx: implements
 /// [`Lock`](regent_core::Lock), [`Lease`](regent_core::Lease) and
-/// [`Notify`](regent_core::Notify). Cheap to clone; clones share the node's
-/// session.
-#[derive(Clone)]
+/// [`Notify`](regent_core::Notify) with [`regent_postgres`]'s engine. Cheap
+/// to clone; clones share the node's session.
+#[derive(Clone, Debug)]
 pub struct SqlxBackend {
-    inner: Arc<Inner>,
+    inner: PgBackend<SqlxDriver>,
 }
 
-struct Inner {
-    pool: PgPool,
-    settings: Settings,
-    sql: Statements,
-    session_options: PgConnectOptions,
-    listen_options: PgConnectOptions,
-    slot: Mutex<Slot>,
-    warned_not_permitted: AtomicBool,
-}
+regent_postgres::forward_backend!(SqlxBackend, inner);
 
-impl std::fmt::Debug for SqlxBackend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqlxBackend")
-            .field("table", &self.inner.settings.table)
-            .field("application_name", &self.inner.settings.application_name)
-            .finish_non_exhaustive()
+impl std::ops::Deref for SqlxBackend {
+    type Target = PgBackend<SqlxDriver>;
+
+    /// The engine: `migrate()`, `session_pid()`, `table()`, `settings()`.
+    fn deref(&self) -> &Self::Target {
+        &self.inner
     }
 }
 
@@ -137,73 +112,59 @@ impl SqlxBackend {
     }
 
     pub(crate) fn from_parts(pool: PgPool, settings: Settings) -> Self {
-        let base = pool.connect_options();
-        let session_options = builder::session_options(&settings, &base);
-        let listen_options = builder::listen_options(&settings, &base);
         Self {
-            inner: Arc::new(Inner {
-                sql: Statements::new(&settings.table),
-                pool,
-                settings,
-                session_options,
-                listen_options,
-                slot: Mutex::new(Slot::default()),
-                warned_not_permitted: AtomicBool::new(false),
-            }),
+            inner: PgBackend::from_driver(SqlxDriver { pool }, settings),
         }
     }
 
     /// The shared pool (not the lock session).
     pub fn pool(&self) -> &PgPool {
-        &self.inner.pool
-    }
-
-    /// `pg_backend_pid()` of the lock session, if one is open (waits for
-    /// the call in flight, if any). For operators and fault tests: this is
-    /// the backend to `pg_terminate_backend` to take this node's locks away.
-    pub async fn session_pid(&self) -> Option<i32> {
-        self.inner.session_pid().await
+        &self.inner.driver().pool
     }
 
     /// The lease table this backend uses.
     pub fn table(&self) -> &TableName {
-        &self.inner.settings.table
+        self.inner.table()
     }
 
-    /// Creates the lease table (and its schema, unless `public`) if missing.
-    /// Idempotent, and safe when many processes run it at once: it runs in
-    /// one transaction under `pg_advisory_xact_lock`. When the table already
-    /// exists it does nothing, so it also works for a role without the
-    /// `CREATE` privilege. The same DDL ships as `postgres/sql/regent_leases.sql` (regent-postgres).
-    pub async fn migrate(&self) -> Result<(), SetupError> {
-        let table = &self.inner.settings.table;
-        let fail = |source| SetupError::Migrate {
-            table: table.clone(),
-            source,
-        };
-        let mut tx = self.inner.pool.begin().await.map_err(fail)?;
-        sqlx::query(AssertSqlSafe(self.inner.sql.migrate_lock.clone()))
-            .bind(postgres::migrate_lock_key(table))
-            .execute(&mut *tx)
-            .await
-            .map_err(fail)?;
-        // Skip the DDL when the table exists: `CREATE ... IF NOT EXISTS`
-        // still needs the CREATE privilege, which an application role that
-        // only uses a table created by someone else may lack.
-        let present: bool = sqlx::query_scalar(AssertSqlSafe(self.inner.sql.table_exists.clone()))
-            .bind(table.qualified())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(fail)?;
-        if present {
-            return tx.commit().await.map_err(fail);
-        }
-        for stmt in postgres::ddl_statements(table) {
-            sqlx::raw_sql(AssertSqlSafe(stmt))
-                .execute(&mut *tx)
-                .await
-                .map_err(fail)?;
-        }
-        tx.commit().await.map_err(fail)
+    /// Opens a transaction on the pool that commits only while `holder`
+    /// still holds `role` at `token` (see [`PgBackend::fence`]): a deposed
+    /// leader's write fails with [`FencedError::Stale`], and a takeover
+    /// cannot claim the role until this transaction ends.
+    pub async fn fenced(
+        &self,
+        namespace: &Namespace,
+        role: &Role,
+        holder: &NodeId,
+        token: Term,
+    ) -> Result<Transaction<'static, Postgres>, FencedError> {
+        let mut tx = self.pool().begin().await.map_err(|e| self.fence_db(e))?;
+        check_fence(self, &mut tx, namespace, role, holder, token).await?;
+        Ok(tx)
     }
+
+    fn fence_db(&self, e: sqlx::Error) -> FencedError {
+        let e = driver::db_error(e);
+        match regent_postgres::misconfiguration(e.sqlstate.as_deref(), self.table(), &e.message) {
+            Some(msg) => FencedError::Misconfigured(msg),
+            None => FencedError::Database(e),
+        }
+    }
+}
+
+/// Fences a transaction you opened yourself (on any pool or connection):
+/// after this returns `Ok`, `tx` commits only while `holder` holds `role`
+/// at `token`. Run it first in the transaction.
+pub async fn check_fence(
+    backend: &SqlxBackend,
+    tx: &mut sqlx::PgConnection,
+    namespace: &Namespace,
+    role: &Role,
+    holder: &NodeId,
+    token: Term,
+) -> Result<(), FencedError> {
+    backend
+        .inner
+        .fence(&mut driver::OnConn(tx), namespace, role, holder, token)
+        .await
 }

@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use regent_postgres::{
-    DEFAULT_SCHEMA, DEFAULT_TABLE, Settings, TableName, require, startup_options,
-};
+use regent_postgres::{DEFAULT_SCHEMA, DEFAULT_TABLE, Settings, TableName, require};
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Config, NoTls, Socket};
 
@@ -15,51 +13,6 @@ use crate::connect::connector;
 use crate::error::SetupError;
 
 pub use regent_postgres::SessionSettings;
-
-/// `base` with the name, client-side keepalives, connect timeout and (as
-/// startup options) the `gucs` of a session or listener.
-fn with_common(
-    settings: &Settings,
-    base: &Config,
-    name: &str,
-    gucs: &[(&'static str, String)],
-) -> Config {
-    let mut config = base.clone();
-    config
-        .application_name(name)
-        // Client side: notice a vanished server within seconds.
-        .keepalives(true)
-        .keepalives_idle(settings.keepalives_idle)
-        .keepalives_interval(settings.keepalives_interval)
-        .keepalives_retries(settings.keepalives_count);
-    if base.get_connect_timeout().is_none() {
-        config.connect_timeout(settings.call_timeout());
-    }
-    if settings.session_settings == SessionSettings::StartupOptions {
-        config.options(startup_options(base.get_options(), gucs));
-    }
-    config
-}
-
-/// Config of the lock session.
-pub(crate) fn session_config(settings: &Settings, base: &Config) -> Config {
-    with_common(
-        settings,
-        base,
-        &settings.application_name,
-        &settings.session_gucs(),
-    )
-}
-
-/// Config of a notification listener.
-pub(crate) fn listen_config(settings: &Settings, base: &Config) -> Config {
-    with_common(
-        settings,
-        base,
-        &settings.listen_application_name(),
-        &settings.keepalive_gucs(),
-    )
-}
 
 /// Builds a [`TokioPgBackend`]. Every option has a default; none depends
 /// on a namespace, so one backend (one node) serves any number of namespaces
@@ -284,35 +237,5 @@ mod tests {
                 .validate()
                 .is_ok()
         );
-    }
-
-    #[test]
-    fn session_config_sets_timeouts_and_keepalives() {
-        let s = Settings::default();
-        let mut base = Config::new();
-        base.options("-c search_path=x");
-        let c = session_config(&s, &base);
-        assert_eq!(c.get_application_name(), Some("regent"));
-        let o = c.get_options().unwrap_or_default();
-        assert!(
-            o.starts_with("-c search_path=x -c statement_timeout=5000"),
-            "{o}"
-        );
-        assert!(o.contains("-c tcp_keepalives_count=3"), "{o}");
-        assert!(c.get_keepalives());
-        assert_eq!(c.get_keepalives_idle(), Duration::from_secs(5));
-        assert_eq!(c.get_keepalives_retries(), Some(3));
-        let l = listen_config(&s, &Config::new());
-        assert_eq!(l.get_application_name(), Some("regent:listen"));
-        assert!(
-            !l.get_options()
-                .unwrap_or_default()
-                .contains("statement_timeout")
-        );
-        let set = Settings {
-            session_settings: SessionSettings::SetCommands,
-            ..Settings::default()
-        };
-        assert_eq!(session_config(&set, &Config::new()).get_options(), None);
     }
 }

@@ -1,9 +1,7 @@
-//! Error types of the crate, and the mapping of tokio-postgres and
-//! deadpool errors to [`BackendError`].
+//! The error type of building and connecting a backend.
 
 use deadpool_postgres::{BuildError, PoolError};
-use regent_core::{BackendError, Term};
-use regent_postgres::{self as postgres, IdentError, OptionError, Stale, TableName};
+use regent_postgres::{IdentError, OptionError};
 use thiserror::Error;
 
 /// Building, connecting or migrating a
@@ -39,59 +37,8 @@ pub enum SetupError {
     )]
     Connect(#[source] PoolError),
     /// `migrate()` failed.
-    #[error(
-        "creating the lease table {table} failed: {}; the connecting role needs \
-         CREATE on the schema (or apply postgres/sql/regent_leases.sql from the regent sources as a privileged user)",
-        describe(&**.source)
-    )]
-    Migrate {
-        /// The table being created.
-        table: TableName,
-        /// The database or pool error.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-}
-
-/// Why [`TokioPgBackend::fenced`](crate::TokioPgBackend::fenced) refused to
-/// open a fenced transaction.
-#[derive(Debug, Error)]
-pub enum FencedError {
-    /// The lease row no longer names this holder with this term: another node
-    /// took over (or the lease never existed). Do not perform the write; this
-    /// node is no longer leader for `role`.
-    #[error(
-        "{}",
-        Stale::message(.namespace, .role, *.token, .current_holder.as_deref(), *.current_term)
-    )]
-    Stale {
-        /// The namespace.
-        namespace: String,
-        /// The role.
-        role: String,
-        /// The token the caller presented.
-        token: Term,
-        /// Who holds the lease now, if there is a row.
-        current_holder: Option<String>,
-        /// The current term, if there is a row.
-        current_term: Option<Term>,
-    },
-    /// The lease table is missing or not accessible.
-    #[error("{0}")]
-    Misconfigured(String),
-    /// The database failed; the write did not happen. Retrying may help.
-    #[error(
-        "fenced transaction could not be opened: {}; nothing was written, retry later",
-        describe(.0)
-    )]
-    Database(#[source] tokio_postgres::Error),
-    /// No pooled connection could be had; nothing was written.
-    #[error(
-        "fenced transaction could not get a pooled connection: {}; nothing was written, \
-         retry later (or enlarge the pool)",
-        describe(.0)
-    )]
-    Pool(#[source] PoolError),
+    #[error(transparent)]
+    Migrate(#[from] regent_postgres::MigrateError),
 }
 
 /// `e` and its chain of causes, each once: tokio-postgres displays only
@@ -111,90 +58,11 @@ pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// The SQLSTATE of a database error, if `e` is one.
-pub(crate) fn sqlstate(e: &tokio_postgres::Error) -> Option<&str> {
-    e.code().map(|c| c.code())
-}
-
-/// A message for an error that no retry can fix, if `e` is one.
-pub(crate) fn misconfiguration(e: &tokio_postgres::Error, table: &TableName) -> Option<String> {
-    postgres::misconfiguration(sqlstate(e), table, &describe(e))
-}
-
-/// Maps an error of a statement on the lock session. The caller drops the
-/// session, so every lock on it is gone.
-pub(crate) fn session_error(e: &tokio_postgres::Error, table: &TableName) -> BackendError {
-    postgres::session_error(sqlstate(e), table, describe(e))
-}
-
-/// Maps an error of a statement on the shared pool (no locks involved).
-pub(crate) fn pool_error(e: &tokio_postgres::Error, table: &TableName) -> BackendError {
-    postgres::pool_error(sqlstate(e), table, describe(e))
-}
-
-/// Maps a failure to get a connection from the pool.
-pub(crate) fn pool_get_error(e: &PoolError, table: &TableName) -> BackendError {
-    match e {
-        PoolError::Backend(e) => pool_error(e, table),
-        PoolError::Closed => BackendError::Misconfigured(
-            "the deadpool connection pool given to regent was closed; build the backend \
-             over an open pool"
-                .to_owned(),
-        ),
-        other => BackendError::Transient(format!("no pooled connection: {}", describe(other))),
-    }
-}
-
-/// Maps an error while opening a session: nothing was held yet.
-pub(crate) fn connect_error(e: &tokio_postgres::Error, table: &TableName) -> BackendError {
-    postgres::connect_error(sqlstate(e), table, &describe(e))
-}
-
 impl From<OptionError> for SetupError {
     fn from(e: OptionError) -> Self {
         SetupError::Option {
             field: e.field,
             rule: e.rule,
         }
-    }
-}
-
-impl From<Stale> for FencedError {
-    fn from(s: Stale) -> Self {
-        FencedError::Stale {
-            namespace: s.namespace,
-            role: s.role,
-            token: s.token,
-            current_holder: s.current_holder,
-            current_term: s.current_term,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn messages_say_what_to_do() {
-        // The messages themselves are tested in regent_postgres.
-        let stale = Stale {
-            namespace: "default".into(),
-            role: "r".into(),
-            token: Term(3),
-            current_holder: None,
-            current_term: None,
-        };
-        assert_eq!(
-            FencedError::from(stale.clone()).to_string(),
-            stale.to_string()
-        );
-        let opt = OptionError {
-            field: "statement_timeout",
-            rule: "must be at least 1 ms",
-        };
-        assert_eq!(SetupError::from(opt).to_string(), opt.to_string());
-        let closed = pool_get_error(&PoolError::Closed, &TableName::default());
-        assert!(!closed.is_retryable());
     }
 }

@@ -6,8 +6,13 @@ use regent_postgres as postgres;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, ToStatement};
 
+use regent_postgres::TxExec;
+use regent_postgres::driver::DbError;
+
 use crate::TokioPgBackend;
-use crate::error::{FencedError, misconfiguration};
+use crate::driver::OnClient;
+use crate::error::describe;
+use regent_postgres::FencedError;
 
 /// An open transaction on a pooled connection that holds a role's lease row
 /// `FOR SHARE` and has checked that it still names the caller's holder and
@@ -115,39 +120,13 @@ impl Drop for FencedTransaction {
 }
 
 impl TokioPgBackend {
-    /// Opens a transaction on the pool that holds `role`'s lease row
-    /// `FOR SHARE` and has checked that it still names `holder` at term
-    /// `token`. Do the leader-only writes in it and commit: a deposed
-    /// leader's write fails here with [`FencedError::Stale`], and a new
-    /// leader's claim (which updates the row) waits until in-flight fenced
-    /// transactions finish, so their writes land before the takeover.
-    ///
-    /// # Time limit
-    ///
-    /// Right after `BEGIN` the transaction sets (`SET LOCAL`)
-    /// `idle_in_transaction_session_timeout` and `statement_timeout` to
-    /// [`TokioPgBackendBuilder::fenced_idle_timeout`](crate::TokioPgBackendBuilder::fenced_idle_timeout)
-    /// (default 10 s). If the transaction sits idle that long — this process
-    /// paused (`SIGSTOP`, a long stall) or simply slow between two
-    /// statements — or any one statement in it runs that long, the server
-    /// ends it: the transaction is rolled back and, for the idle case, its
-    /// connection is closed, so the write does **not** happen and the next
-    /// statement or [`FencedTransaction::commit`] fails (the pool drops the
-    /// dead connection). This bounds how long a takeover (whose claim waits
-    /// behind the `FOR SHARE` lock) waits for a frozen leader's fenced work:
-    /// at most that long. Keep fenced work short, or raise the limit.
-    ///
-    /// ```no_run
-    /// # async fn demo(backend: regent_tokio_postgres::TokioPgBackend) -> Result<(), Box<dyn std::error::Error>> {
-    /// use regent_core::{Namespace, NodeId, Role, Term};
-    /// let (ns, role) = (Namespace::default(), Role::new("billing")?);
-    /// let me = NodeId::new("node-a")?;
-    /// let token = Term(7); // from Leadership::Leader { token, .. }
-    /// let tx = backend.fenced(&ns, &role, &me, token).await?;
-    /// tx.execute("UPDATE invoices SET sent = true WHERE id = $1", &[&42_i64]).await?;
-    /// tx.commit().await?;
-    /// # Ok(()) }
-    /// ```
+    /// Opens a transaction on a pooled connection that commits only while
+    /// `holder` still holds `role` at `token` (see
+    /// [`PgBackend::fence`](regent_postgres::PgBackend::fence)): a deposed
+    /// leader's write fails with [`FencedError::Stale`], and a takeover
+    /// cannot claim the role until this transaction ends. The server ends
+    /// it if it sits idle longer than `fenced_idle_timeout` (10 s by
+    /// default), so a frozen caller cannot hold off a takeover forever.
     pub async fn fenced(
         &self,
         namespace: &Namespace,
@@ -155,12 +134,12 @@ impl TokioPgBackend {
         holder: &NodeId,
         token: Term,
     ) -> Result<FencedTransaction, FencedError> {
-        let inner = &self.inner;
-        let db = |e: tokio_postgres::Error| match misconfiguration(&e, &inner.settings.table) {
-            Some(msg) => FencedError::Misconfigured(msg),
-            None => FencedError::Database(e),
-        };
-        let client = inner.pool.get().await.map_err(FencedError::Pool)?;
+        let client = self.pool().get().await.map_err(|e| {
+            FencedError::Database(DbError::other(format!(
+                "no pooled connection: {}; enlarge the pool",
+                describe(&e)
+            )))
+        })?;
         // From here on, dropping `tx` (an error, or this future cancelled
         // even while BEGIN is in flight) rolls back before the connection
         // returns to the pool.
@@ -168,35 +147,28 @@ impl TokioPgBackend {
             client: Some(client),
             done: false,
         };
-        tx.object()
-            .batch_execute(postgres::BEGIN)
+        let mut on = OnClient(tx.object());
+        on.tx_simple(postgres::BEGIN)
             .await
-            .map_err(db)?;
-        // Bound the transaction, so a frozen caller cannot hold off a
-        // takeover forever (see "Time limit").
-        tx.object()
-            .batch_execute(&postgres::set_local_commands(&inner.settings.fenced_gucs()))
-            .await
-            .map_err(db)?;
-        let statement = tx
-            .object()
-            .prepare_cached(&inner.sql.fenced)
-            .await
-            .map_err(db)?;
-        let row = tx
-            .object()
-            .query_opt(&statement, &[&namespace.as_str(), &role.as_str()])
-            .await
-            .map_err(db)?;
-        let current = match row {
-            Some(row) => Some((
-                row.try_get::<_, String>("holder").map_err(db)?,
-                row.try_get::<_, i64>("term").map_err(db)?,
-            )),
-            None => None,
-        };
+            .map_err(FencedError::Database)?;
         // On a stale token, dropping `tx` rolls it back.
-        postgres::check_fenced(namespace, role, holder, token, current)?;
+        self.fence(&mut on, namespace, role, holder, token).await?;
         Ok(tx)
     }
+}
+
+/// Fences a transaction you opened yourself (on any pool or connection):
+/// after this returns `Ok`, the transaction on `client` commits only while
+/// `holder` holds `role` at `token`. Run it first in the transaction.
+pub async fn check_fence(
+    backend: &TokioPgBackend,
+    client: &Client,
+    namespace: &Namespace,
+    role: &Role,
+    holder: &NodeId,
+    token: Term,
+) -> Result<(), FencedError> {
+    backend
+        .fence(&mut OnClient(client), namespace, role, holder, token)
+        .await
 }

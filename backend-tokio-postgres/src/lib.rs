@@ -11,8 +11,9 @@
 //! [`Lock::session_closed`](regent_core::Lock::session_closed) completes and
 //! the engine steps down at once. Everything else (`list`, `read`,
 //! notifications, preemption, fenced transactions, `migrate`) uses a shared
-//! [`deadpool_postgres::Pool`]. The SQL text and advisory-key derivation
-//! live in [`regent_postgres`], shared with the sqlx backend.
+//! [`deadpool_postgres::Pool`]. Every statement and every protocol
+//! decision is [`regent_postgres`]'s engine, shared with the sqlx backend;
+//! this crate connects, binds and decodes.
 //!
 //! Cloning a backend gives another handle to the *same* node (same
 //! session). For several nodes in one process, build one backend each:
@@ -65,14 +66,14 @@
 //!
 //! # Failure handling
 //!
-//! Any error on the session — including a call abandoned mid-statement
-//! because its future was dropped — closes it, so no lock can leak, and is
-//! reported as [`BackendError::SessionLost`] (a missing table or privilege
-//! as `Misconfigured`). The next call opens a new session. A
-//! `pg_backend_pid()` that changes between two round trips at session start
-//! means a transaction pooler, refused with `Misconfigured`, as does a short-lived probe connection (same connect options, so
-//! through the same pooler), opened between those round trips, being handed
-//! the session's own backend (see
+//! One rule for every driver, from [`regent_postgres`]: a call given up on
+//! (the elector's attempt timeout) still runs to completion in the
+//! background and its effects are recorded, so dropping a call never costs
+//! the session; the session is closed only when an advisory-lock statement
+//! fails, a connection breaks, or no reply comes within the call timeout.
+//! A failed claim, renewal or expiry rolls back and leaves the session — and
+//! the node's other roles — alone. A transaction pooler in front of the
+//! database is refused at session start with `Misconfigured` (see
 //! [`pooler_probe_error`](regent_postgres::pooler_probe_error)).
 //!
 //! # Pool recycling
@@ -90,90 +91,57 @@
 
 mod builder;
 mod connect;
+mod driver;
 mod error;
 mod fenced;
-mod lease;
-mod lock;
-mod notify;
-mod session;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::time::Duration;
-
-use deadpool_postgres::{Pool, PoolError};
-use regent_core::BackendError;
-use regent_postgres::{self as postgres, Statements, TableName};
-use tokio::sync::{Mutex, watch};
-use tokio_postgres::types::ToSql;
-use tokio_postgres::{Config, Row};
+use deadpool_postgres::Pool;
+use regent_postgres::{PgBackend, Settings, TableName};
+use tokio_postgres::Config;
 
 pub use builder::{SessionSettings, TokioPgBackendBuilder};
-pub use error::{FencedError, SetupError};
-pub use fenced::FencedTransaction;
-pub use notify::TokioPgSubscription;
+pub use driver::{TokioPgConn, TokioPgDriver, TokioPgListener};
+pub use error::SetupError;
+pub use fenced::{FencedTransaction, check_fence};
+pub use regent_postgres::{FencedError, PgSubscription};
 
 use connect::Connector;
-use error::{pool_error, pool_get_error};
-use regent_postgres::Settings;
-use session::{Health, Slot};
 
 /// The regent backend over PostgreSQL through tokio-postgres and
 /// deadpool-postgres: implements [`Lock`](regent_core::Lock),
-/// [`Lease`](regent_core::Lease) and [`Notify`](regent_core::Notify).
-/// Cheap to clone; clones share the node's session.
-#[derive(Clone)]
+/// [`Lease`](regent_core::Lease) and [`Notify`](regent_core::Notify) with
+/// [`regent_postgres`]'s engine. Cheap to clone; clones share the node's
+/// session.
+#[derive(Clone, Debug)]
 pub struct TokioPgBackend {
-    inner: Arc<Inner>,
+    inner: PgBackend<TokioPgDriver>,
 }
 
-pub(crate) struct Inner {
-    pool: Pool,
-    settings: Settings,
-    sql: Statements,
-    session_config: Config,
-    listen_config: Config,
-    connector: Connector,
-    slot: Mutex<Slot>,
-    health: watch::Sender<Health>,
-    next_generation: AtomicU64,
-    warned_not_permitted: AtomicBool,
-}
+regent_postgres::forward_backend!(TokioPgBackend, inner);
 
-/// A failed statement on the pool, before mapping.
-pub(crate) enum PoolCallError {
-    Db(tokio_postgres::Error),
-    Pool(PoolError),
-    Timeout(Duration),
-}
+impl std::ops::Deref for TokioPgBackend {
+    type Target = PgBackend<TokioPgDriver>;
 
-impl std::fmt::Debug for TokioPgBackend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokioPgBackend")
-            .field("table", &self.inner.settings.table)
-            .field("application_name", &self.inner.settings.application_name)
-            .field("session_pid", &self.session_pid())
-            .finish_non_exhaustive()
+    /// The engine: `migrate()`, `session_pid()`, `table()`, `settings()`.
+    fn deref(&self) -> &Self::Target {
+        &self.inner
     }
 }
 
 impl TokioPgBackend {
     /// A builder for the options: schema, table, `application_name`,
-    /// statement timeout, TCP keepalives, TLS.
+    /// statement timeout, TCP keepalives, TLS, pool size.
     pub fn builder() -> TokioPgBackendBuilder {
         TokioPgBackendBuilder::new()
     }
 
-    /// Connects to `url` (without TLS) with every option at its default:
-    /// creates a pool (see [`TokioPgBackendBuilder::connect`]) and checks the
-    /// server answers. The lock session opens on first use.
+    /// Connects to `url` (a `postgres://` URL or a `key=value` string) with
+    /// every option at its default and no TLS.
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), regent_tokio_postgres::SetupError> {
-    /// let backend = regent_tokio_postgres::TokioPgBackend::connect(
-    ///     "postgres://postgres@127.0.0.1/app",
-    /// )
-    /// .await?;
+    /// let backend =
+    ///     regent_tokio_postgres::TokioPgBackend::connect("postgres://postgres@127.0.0.1/app").await?;
     /// # Ok(()) }
     /// ```
     pub async fn connect(url: &str) -> Result<Self, SetupError> {
@@ -186,101 +154,23 @@ impl TokioPgBackend {
         settings: Settings,
         connector: Connector,
     ) -> Self {
-        let (health, _) = watch::channel(Health::default());
+        let driver = TokioPgDriver {
+            pool,
+            config: config.clone(),
+            connector,
+        };
         Self {
-            inner: Arc::new(Inner {
-                sql: Statements::new(&settings.table),
-                session_config: builder::session_config(&settings, config),
-                listen_config: builder::listen_config(&settings, config),
-                pool,
-                settings,
-                connector,
-                slot: Mutex::new(Slot::default()),
-                health,
-                next_generation: AtomicU64::new(0),
-                warned_not_permitted: AtomicBool::new(false),
-            }),
+            inner: PgBackend::from_driver(driver, settings),
         }
     }
 
     /// The shared pool (not the lock session).
     pub fn pool(&self) -> &Pool {
-        &self.inner.pool
+        &self.inner.driver().pool
     }
 
     /// The lease table this backend uses.
     pub fn table(&self) -> &TableName {
-        &self.inner.settings.table
-    }
-
-    /// `pg_backend_pid()` of the lock session while one is open, for
-    /// operators and tests (it is the `backend_pid` of this node's lease
-    /// rows, and the pid shown in `pg_stat_activity`).
-    pub fn session_pid(&self) -> Option<i32> {
-        let h = self.inner.health.borrow();
-        if h.open { h.pid } else { None }
-    }
-
-    /// Creates the lease table (and its schema, unless `public`) if missing.
-    /// Idempotent, and safe when many processes run it at once: it runs in
-    /// one transaction under `pg_advisory_xact_lock`. The same DDL ships as
-    /// `postgres/sql/regent_leases.sql` of regent-postgres and as
-    /// [`regent_postgres::ddl_script`].
-    pub async fn migrate(&self) -> Result<(), SetupError> {
-        let table = &self.inner.settings.table;
-        let fail = |source: Box<dyn std::error::Error + Send + Sync>| SetupError::Migrate {
-            table: table.clone(),
-            source,
-        };
-        let mut client = self.inner.pool.get().await.map_err(|e| fail(Box::new(e)))?;
-        let tx = client.transaction().await.map_err(|e| fail(Box::new(e)))?;
-        tx.execute(
-            &self.inner.sql.migrate_lock,
-            &[&postgres::migrate_lock_key(table)],
-        )
-        .await
-        .map_err(|e| fail(Box::new(e)))?;
-        for stmt in postgres::ddl_statements(table) {
-            tx.batch_execute(&stmt)
-                .await
-                .map_err(|e| fail(Box::new(e)))?;
-        }
-        tx.commit().await.map_err(|e| fail(Box::new(e)))
-    }
-}
-
-impl Inner {
-    /// Runs one statement on a pooled connection (prepared and cached per
-    /// connection), bounded by the call timeout.
-    pub(crate) async fn pool_query(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<Row>, PoolCallError> {
-        let limit = self.settings.call_timeout();
-        let fut = async {
-            let client = self.pool.get().await.map_err(PoolCallError::Pool)?;
-            let statement = client
-                .prepare_cached(sql)
-                .await
-                .map_err(PoolCallError::Db)?;
-            client
-                .query(&statement, params)
-                .await
-                .map_err(PoolCallError::Db)
-        };
-        match tokio::time::timeout(limit, fut).await {
-            Ok(result) => result,
-            Err(_) => Err(PoolCallError::Timeout(limit)),
-        }
-    }
-
-    /// Maps a [`PoolCallError`] to a [`BackendError`].
-    pub(crate) fn pool_call_error(&self, e: PoolCallError) -> BackendError {
-        match e {
-            PoolCallError::Db(e) => pool_error(&e, &self.settings.table),
-            PoolCallError::Pool(e) => pool_get_error(&e, &self.settings.table),
-            PoolCallError::Timeout(d) => BackendError::Timeout(d),
-        }
+        self.inner.table()
     }
 }

@@ -233,10 +233,10 @@ async fn fenced_transactions_reject_stale_tokens() {
     assert!(
         matches!(
             e,
-            FencedError::Stale {
+            FencedError::Stale(regent_postgres::Stale {
                 current_term: None,
                 ..
-            }
+            })
         ),
         "{e}"
     );
@@ -247,31 +247,27 @@ async fn fenced_transactions_reject_stale_tokens() {
     tx.execute(&insert, &[&1_i64, &"a"]).await.unwrap();
     tx.commit().await.unwrap();
 
-    // An open fenced transaction holds off a takeover until it ends.
+    // An open fenced transaction holds off a takeover until it ends: the
+    // claim is refused as busy (it never waits on the shared session).
     let tx = a.fenced(ns, &r, &na, t1).await.unwrap();
     tx.execute(&insert, &[&2_i64, &"a"]).await.unwrap();
     a.unlock(ns, &r).await.unwrap();
     assert!(lock_one(&b, ns, &r).await);
-    let b2 = b.clone();
-    let (ns2, r2, nb2) = (ns.clone(), r.clone(), nb.clone());
-    let claim = tokio::spawn(async move { b2.claim(&ns2, &r2, &nb2, LEASE).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !claim.is_finished(),
-        "claim must wait for the fenced transaction"
-    );
+    let busy = b.claim(ns, &r, &nb, LEASE).await.unwrap_err();
+    assert!(matches!(busy, BackendError::Busy(_)), "{busy}");
+    assert!(b.session_pid().is_some(), "a busy claim costs no session");
     tx.commit().await.unwrap();
-    let t2 = claim.await.unwrap().unwrap().term;
+    let t2 = b.claim(ns, &r, &nb, LEASE).await.unwrap().term;
     assert_eq!(t2, Term(2));
 
     // The deposed leader's token is now stale; the write never happens.
     let e = a.fenced(ns, &r, &na, t1).await.unwrap_err();
     match &e {
-        FencedError::Stale {
+        FencedError::Stale(regent_postgres::Stale {
             current_holder,
             current_term,
             ..
-        } => {
+        }) => {
             assert_eq!(current_holder.as_deref(), Some("node-b"));
             assert_eq!(*current_term, Some(Term(2)));
         }
@@ -281,7 +277,7 @@ async fn fenced_transactions_reject_stale_tokens() {
     // Right term, wrong holder: stale too.
     assert!(matches!(
         a.fenced(ns, &r, &na, t2).await,
-        Err(FencedError::Stale { .. })
+        Err(FencedError::Stale(_))
     ));
     // A dropped (uncommitted) transaction writes nothing.
     let tx = b.fenced(ns, &r, &nb, t2).await.unwrap();
@@ -506,12 +502,11 @@ async fn any_tls_connector_is_accepted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn statement_timeout_applies_and_any_session_error_drops_the_locks() {
+async fn statement_timeout_applies_and_dml_errors_keep_the_locks() {
     use regent_tokio_postgres::SessionSettings;
     let ctx = Ctx::new("stmt").await;
-    let a = ctx.backend("a").await;
     let ns = &ctx.ns;
-    let na = node("node-a");
+    let nb = node("node-b");
     for (i, how) in [
         SessionSettings::StartupOptions,
         SessionSettings::SetCommands,
@@ -520,7 +515,6 @@ async fn statement_timeout_applies_and_any_session_error_drops_the_locks() {
     .enumerate()
     {
         let r = role(&format!("r{i}"));
-        let key = AdvisoryKey::derive(ns, &r);
         let b = TokioPgBackend::builder()
             .schema(&ctx.schema)
             .application_name(&ctx.app(&format!("b{i}")))
@@ -529,22 +523,36 @@ async fn statement_timeout_applies_and_any_session_error_drops_the_locks() {
             .connect(&ctx.url)
             .await
             .unwrap();
-        assert!(lock_one(&a, ns, &r).await);
-        let t = a.claim(ns, &r, &na, LEASE).await.unwrap().term;
-        // A fenced transaction holds the row FOR SHARE: b's claim must wait,
-        // and its statement timeout ends the wait.
-        let tx = a.fenced(ns, &r, &na, t).await.unwrap();
-        a.unlock(ns, &r).await.unwrap();
         assert!(lock_one(&b, ns, &r).await);
-        let started = Instant::now();
-        let e = b.claim(ns, &r, &node("node-b"), LEASE).await.unwrap_err();
-        assert!(started.elapsed() < Duration::from_secs(2), "{how:?}");
-        assert!(e.is_session_lost(), "{how:?}: {e}");
+        let term = b.claim(ns, &r, &nb, LEASE).await.unwrap().term;
+        let pid = b.session_pid();
+        // Someone else holds the row FOR UPDATE: b's renewal waits, and its
+        // statement timeout ends the wait.
+        let (outside, conn) = tokio_postgres::connect(&ctx.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let sql = format!(
+            "BEGIN; SELECT 1 FROM \"{}\".regent_leases WHERE namespace = '{}' AND role = '{}' FOR UPDATE",
+            ctx.schema, ns, r
+        );
+        outside.batch_execute(&sql).await.unwrap();
+        let held = [HeldLease {
+            role: r.clone(),
+            term,
+        }];
+        let e = b.renew(ns, &nb, &held, LEASE).await.unwrap_err();
+        assert!(!e.is_session_lost() && e.is_retryable(), "{how:?}: {e}");
         assert!(e.to_string().contains("statement timeout"), "{how:?}: {e}");
-        // The session is gone, and with it b's lock.
-        assert_eq!(b.session_pid(), None);
-        ctx.assert_lock_freed(key).await;
-        tx.rollback().await.unwrap();
+        outside.batch_execute("ROLLBACK").await.unwrap();
+        // The session, and with it b's lock, stayed.
+        assert_eq!(b.session_pid(), pid);
+        assert_eq!(
+            b.held(ns, std::slice::from_ref(&r)).await.unwrap(),
+            vec![r.clone()]
+        );
+        let renewed = b.renew(ns, &nb, &held, LEASE).await.unwrap();
+        assert_eq!(renewed.renewed, vec![r.clone()]);
     }
     ctx.drop_schema().await;
 }
@@ -565,16 +573,21 @@ async fn an_idle_fenced_transaction_is_ended_by_the_server_and_the_claim_proceed
     let (na, nb) = (node("node-a"), node("node-b"));
     assert!(lock_one(&a, ns, &r).await);
     let t1 = a.claim(ns, &r, &na, LEASE).await.unwrap().term;
-    // a's fenced transaction holds the row FOR SHARE, then a freezes.
+    // a's fenced transaction holds the row FOR KEY SHARE, then a freezes.
     let tx = a.fenced(ns, &r, &na, t1).await.unwrap();
     a.unlock(ns, &r).await.unwrap();
     assert!(lock_one(&b, ns, &r).await);
-    let started = Instant::now();
-    // b's claim waits for the row lock, well under its own 5 s
-    // statement_timeout: the server ends the idle transaction after 300 ms.
-    let c = b.claim(ns, &r, &nb, LEASE).await.unwrap();
-    let waited = started.elapsed();
-    assert!(waited < Duration::from_secs(3), "claim waited {waited:?}");
+    // b's claim is busy until the server ends the idle transaction (after
+    // 300 ms), then goes through. Bounded: at most 100 tries, 100 ms apart.
+    let mut busy = 0;
+    let c = loop {
+        match b.claim(ns, &r, &nb, LEASE).await {
+            Ok(c) => break c,
+            Err(BackendError::Busy(_)) if busy < 100 => busy += 1,
+            Err(e) => panic!("claim failed after {busy} busy tries: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(c.term, Term(t1.0 + 1));
     // The frozen leader wakes up: its transaction is gone, nothing is written.
     let commit = match tx.execute("SELECT 1", &[]).await {
@@ -585,7 +598,7 @@ async fn an_idle_fenced_transaction_is_ended_by_the_server_and_the_claim_proceed
     // The pool recovers, and a's old token is now stale.
     assert!(matches!(
         a.fenced(ns, &r, &na, t1).await,
-        Err(FencedError::Stale { .. })
+        Err(FencedError::Stale(_))
     ));
     ctx.drop_schema().await;
 }

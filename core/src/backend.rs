@@ -44,6 +44,12 @@ pub enum BackendError {
     /// connection error on a pooled connection). Retry later.
     #[error("transient backend error: {0}")]
     Transient(String),
+    /// The engine could not do it now without waiting on someone else's
+    /// work (PostgreSQL: a claim found the lease row locked by an in-flight
+    /// fenced transaction). Nothing changed; retry later. Never waits, so
+    /// one role's contention never delays another's calls.
+    #[error("busy: {0}")]
+    Busy(String),
     /// The call took longer than its per-attempt timeout and was abandoned.
     #[error("backend call timed out after {0:?}")]
     Timeout(Duration),

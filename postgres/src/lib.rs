@@ -49,20 +49,40 @@ use std::fmt;
 
 use thiserror::Error;
 
+mod backend;
+pub mod driver;
 mod errors;
 mod fenced;
+mod forward;
 mod keys;
+mod lease;
+mod listen;
+mod ops;
 mod plan;
 mod rows;
+mod session;
 mod settings;
 mod statements;
 
+/// What [`forward_backend!`] expands to refers to; not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use async_trait::async_trait;
+    pub use regent_core::{
+        BackendError, ClaimOutcome, DbTimestamp, HeldLease, Lease, LeaseRecord, Lock, Namespace,
+        NodeId, Notify, PreemptOutcome, RenewOutcome, Role, Subscription, Term, TryLockOutcome,
+    };
+}
+
+pub use backend::{FencedError, MigrateError, PgBackend, TxExec};
 pub use errors::{
     SQLSTATE_INVALID_SQL_STATEMENT_NAME, connect_error, misconfiguration, no_reply_error,
     open_timeout_error, pool_error, session_error,
 };
 pub use fenced::{Stale, check_fenced};
 pub use keys::{AdvisoryKey, fnv1a64, fold32, migrate_lock_key, notify_channel};
+pub use listen::PgSubscription;
+pub use ops::SQLSTATE_LOCK_NOT_AVAILABLE;
 pub use plan::{
     KEY_COLLISION_WARNING, KeyCollision, LockPlan, Planned, TryLockParams, check_claim,
     check_try_lock_rows, lock_attempts, plan, reconcile_held, record_granted,

@@ -121,12 +121,17 @@ impl Settings {
     }
 
     /// The GUCs of the lock session, as `(name, value)` pairs in server
-    /// units: `statement_timeout` (ms), then [`Settings::keepalive_gucs`].
+    /// units: `statement_timeout` (ms), `client_connection_check_interval`
+    /// (1000 ms: a statement whose client has gone is cancelled promptly;
+    /// PostgreSQL 14 or later), then [`Settings::keepalive_gucs`].
     pub fn session_gucs(&self) -> Vec<(&'static str, String)> {
-        let mut gucs = vec![(
-            "statement_timeout",
-            self.statement_timeout.as_millis().to_string(),
-        )];
+        let mut gucs = vec![
+            (
+                "statement_timeout",
+                self.statement_timeout.as_millis().to_string(),
+            ),
+            ("client_connection_check_interval", "1000".to_owned()),
+        ];
         gucs.extend(self.keepalive_gucs());
         gucs
     }
@@ -256,8 +261,12 @@ mod tests {
         let s = Settings::default();
         let gucs = s.session_gucs();
         assert_eq!(gucs[0], ("statement_timeout", "5000".to_owned()));
-        assert_eq!(gucs[1], ("tcp_keepalives_idle", "5".to_owned()));
-        assert_eq!(gucs[3], ("tcp_keepalives_count", "3".to_owned()));
+        assert_eq!(
+            gucs[1],
+            ("client_connection_check_interval", "1000".to_owned())
+        );
+        assert_eq!(gucs[2], ("tcp_keepalives_idle", "5".to_owned()));
+        assert_eq!(gucs[4], ("tcp_keepalives_count", "3".to_owned()));
         assert_eq!(s.keepalive_gucs().len(), 3);
         assert_eq!(s.call_timeout(), Duration::from_secs(7));
         assert_eq!(s.listen_application_name(), "regent:listen");

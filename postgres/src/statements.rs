@@ -46,8 +46,10 @@ pub struct Statements {
     pub try_lock: String,
     /// `$1 ns, $2 role, $3 holder text, $4 lease_us int8` → one row:
     /// `new_term int8,` the previous row's lease columns (NULL if none),
-    /// `db_now_us`. Locks the row `FOR UPDATE` first, so it waits for
-    /// in-flight fenced transactions (`FOR SHARE`).
+    /// `db_now_us`. Locks the row `FOR UPDATE NOWAIT` first: while a fenced
+    /// transaction (`FOR KEY SHARE`) is in flight the claim fails at once
+    /// with SQLSTATE `55P03` instead of waiting on the shared session (the
+    /// engine reports it as retryable [`BackendError::Busy`](regent_core::BackendError::Busy)).
     pub claim: String,
     /// `$1 ns, $2 holder, $3 roles text[], $4 terms int8[], $5 lease_us` →
     /// one row: `renewed text[], db_now_us`. Extends only rows naming this
@@ -72,7 +74,9 @@ pub struct Statements {
     /// that holder, term and pid, `lease_until + grace < now()`, and that pid
     /// still holds the role's advisory lock (so a reused pid is never hit).
     pub preempt: String,
-    /// `$1 ns, $2 role` → `holder, term` with the row locked `FOR SHARE`.
+    /// `$1 ns, $2 role` → `holder, term` with the row locked `FOR KEY
+    /// SHARE`: a takeover's claim (`FOR UPDATE`) conflicts with it, the
+    /// leader's own renewal (`FOR NO KEY UPDATE`) does not.
     pub fenced: String,
     /// no parameters → `db_now_us`.
     pub now: String,
@@ -104,7 +108,7 @@ impl Statements {
         let claim = format!(
             "WITH prev AS (\
              SELECT holder, term, backend_pid, acquired_at, renewed_at, lease_until \
-             FROM {t} WHERE namespace = $1::text AND role = $2::text FOR UPDATE), \
+             FROM {t} WHERE namespace = $1::text AND role = $2::text FOR UPDATE NOWAIT), \
              claimed AS (\
              INSERT INTO {t} AS l \
              (namespace, role, holder, term, backend_pid, acquired_at, renewed_at, lease_until) \
@@ -170,7 +174,7 @@ impl Statements {
         );
         let fenced = format!(
             "SELECT holder, term FROM {t} WHERE namespace = $1::text AND role = $2::text \
-             FOR SHARE"
+             FOR KEY SHARE"
         );
         Self {
             try_lock,
