@@ -45,16 +45,17 @@ pub enum BackendError {
     #[error("transient backend error: {0}")]
     Transient(String),
     /// The engine could not do it now without waiting on someone else's
-    /// work (PostgreSQL: a claim found the lease row locked by an in-flight
-    /// fenced transaction). Nothing changed; retry later. Never waits, so
-    /// one role's contention never delays another's calls.
+    /// work (for example, a claim found the lease row held by an in-flight
+    /// fenced transaction). Nothing changed; retry later. An engine returns
+    /// this instead of waiting, so one role's contention never delays the
+    /// node's calls for its other roles.
     #[error("busy: {0}")]
     Busy(String),
     /// The call took longer than its per-attempt timeout and was abandoned.
     #[error("backend call timed out after {0:?}")]
     Timeout(Duration),
-    /// The backend is set up in a way that can never work (a transaction
-    /// pooler in front of the database, a missing table, no permission).
+    /// The backend is set up in a way that can never work (a connection
+    /// that cannot carry session state, a missing table, no permission).
     /// The message says what to fix. Retrying will not help.
     #[error("{0}")]
     Misconfigured(String),
@@ -100,8 +101,8 @@ pub enum PreemptOutcome {
     /// The holder was no longer the zombie described (it renewed, released,
     /// or its session already ended): nothing was done.
     NotZombie,
-    /// The database refused: the role lacks the privilege (PostgreSQL:
-    /// `pg_signal_backend`).
+    /// The engine refused: this node lacks the privilege to depose another
+    /// holder; the backend's docs name the grant.
     NotPermitted,
 }
 
@@ -149,7 +150,7 @@ pub struct HeldLease {
 #[async_trait]
 pub trait Lock: Send + Sync {
     /// Opens (or checks) the session. Called once when an elector starts, so
-    /// a database that is down or a transaction pooler in front of it is an
+    /// a database that is down or a connection that cannot hold a session is an
     /// error at start, not a silent failure later.
     async fn connect(&self) -> Result<(), BackendError>;
 
@@ -187,7 +188,7 @@ pub trait Lock: Send + Sync {
     async fn reset(&self);
 
     /// Completes when the backend sees the session close by itself (for
-    /// example, the connection future of tokio-postgres ends). Backends that
+    /// example, the client library reports the connection ended). Backends that
     /// cannot see this keep the default, which never completes; lock loss is
     /// then found by the next validation. A backend must not complete this
     /// for a session that closed before it was called.

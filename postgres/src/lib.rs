@@ -1,8 +1,15 @@
-//! The PostgreSQL protocol shared by both Postgres backends: schema DDL,
+//! regent-postgres: regent's one PostgreSQL engine.
+//!
+//! Everything both PostgreSQL backends do lives here, once: the schema DDL,
 //! statement text, advisory-lock key derivation, channel names, row
-//! helpers, lock planning ([`plan`], [`reconcile_held`]), session
-//! [`Settings`], error classification ([`misconfiguration`]) and the fenced
-//! check ([`check_fenced`]). Strings and pure functions only — no IO.
+//! decoding, lock planning ([`plan`], [`reconcile_held`]), session
+//! [`Settings`], error classification ([`misconfiguration`]), the fenced
+//! check ([`PgBackend::fence`]) and the session engine [`PgBackend`] —
+//! opening the node's session with the transaction-pooler probe, the one
+//! cancellation rule, lock-loss detection, the release listener.
+//! [`PgBackend`] is generic over a small [`driver::Driver`] trait; the
+//! adapters `regent-sqlx` and `regent-tokio-postgres` implement it (connect,
+//! run a statement, listen, bind, decode) and nothing else.
 //!
 //! # Parameters and results
 //!
