@@ -1,7 +1,8 @@
 //! A private PgBouncer on a free loopback port in front of a PostgreSQL
 //! server (a private cluster or the local server), for the pooler tests.
 //!
-//! Uses Debian's `pgbouncer` package (`apt-get install -y pgbouncer`).
+//! Uses Debian's `pgbouncer` package, which `scripts/test-services`
+//! installs; panics (never skips) when it is missing.
 //! PgBouncer refuses to run as root, so when the tests run as root it runs
 //! as `postgres`, and every file it reads is owned by `postgres`. It
 //! accepts any user with trust auth and ignores the `extra_float_digits`
@@ -63,8 +64,8 @@ impl PgBouncer {
     pub fn start(server_port: u16, mode: PoolMode) -> PgBouncer {
         assert!(
             Path::new(BIN).exists(),
-            "PgBouncer not found at {BIN}: install it with `apt-get install -y pgbouncer` \
-             to run the PgBouncer tests"
+            "PgBouncer not found at {BIN}: run the tests with `scripts/test`, or run \
+             `scripts/test-services` once (it installs Debian's pgbouncer package)"
         );
         let port = free_port();
         let dir =
