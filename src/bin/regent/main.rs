@@ -85,6 +85,7 @@ pub(crate) const EXIT_VIOLATION: u8 = 1;
 pub(crate) const EXIT_ERROR: u8 = 2;
 
 /// Parses `500ms`, `2s`, `1.5s`, `3m`.
+#[cfg_attr(not(feature = "sqlx"), allow(dead_code))] // used by the database subcommands
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s
