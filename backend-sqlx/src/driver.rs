@@ -55,6 +55,7 @@ fn bind<'q>(
             Param::OptText(v) => q.bind(v),
             Param::Int4(v) => q.bind(v),
             Param::Int8(v) => q.bind(v),
+            Param::OptInt8(v) => q.bind(v),
             Param::TextArray(v) => q.bind(v),
             Param::Int2Array(v) => q.bind(v),
             Param::Int4Array(v) => q.bind(v),

@@ -53,3 +53,33 @@ async fn listener_reconnect_yields_maybe_missed() {
     ctx.wait_gone(&format!("{}:listen", ctx.app("b"))).await;
     ctx.cleanup().await;
 }
+
+/// `Backend::release` is one statement: the lease ends, the lock is free
+/// and the notification arrives — and, by the time a subscriber hears it,
+/// the lease row is already expired and the lock already free.
+#[tokio::test]
+async fn release_expires_unlocks_and_notifies_in_one_step() {
+    use common::{LEASE, granted, node_id};
+    use regent_core::{Backend, Lease, Lock};
+    let ctx = Ctx::new("release1").await;
+    let (a, b) = (ctx.node("a"), ctx.node("b"));
+    let (r, ida) = (role("r"), node_id("a"));
+    let ns = ctx.ns();
+    let mut sub = b.subscribe(&ns).await.unwrap();
+    assert!(granted(&a, &ns, &r).await);
+    let term = a.claim(&ns, &r, &ida, LEASE).await.unwrap().term;
+    let released = a.release(&ns, &r, &ida, Some(term)).await.unwrap();
+    assert!(released.notified && released.expire_failed.is_none());
+    assert_eq!(next(&mut sub).await, NotifyEvent::Released(r.clone()));
+    let (now, rows) = b.read(&ns, std::slice::from_ref(&r)).await.unwrap();
+    assert!(rows[0].lease_until <= now, "the lease was not ended");
+    assert!(granted(&b, &ns, &r).await, "the lock was not freed");
+    // Releasing a role this session does not hold publishes nothing, and a
+    // release without a term ends no lease.
+    let not_held = a.release(&ns, &role("other"), &ida, None).await.unwrap();
+    assert!(!not_held.notified);
+    assert!(granted(&a, &ns, &role("other")).await);
+    let no_term = a.release(&ns, &role("other"), &ida, None).await.unwrap();
+    assert!(no_term.notified);
+    ctx.cleanup().await;
+}

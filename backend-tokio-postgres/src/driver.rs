@@ -103,6 +103,7 @@ fn params(params: &[Param]) -> Vec<Box<dyn ToSql + Sync + Send>> {
                 Param::OptText(v) => Box::new(v),
                 Param::Int4(v) => Box::new(v),
                 Param::Int8(v) => Box::new(v),
+                Param::OptInt8(v) => Box::new(v),
                 Param::TextArray(v) => Box::new(v),
                 Param::Int2Array(v) => Box::new(v),
                 Param::Int4Array(v) => Box::new(v),

@@ -56,7 +56,10 @@ fn start(upstream: &Config, mode: &str) -> Option<Bouncer> {
         "{PGBOUNCER} is missing: run scripts/test-services (or apt-get install pgbouncer), \
          or use the README's test command scripts/test"
     );
-    assert!(is_root(), "the PgBouncer test must run as root (it runs pgbouncer as postgres)");
+    assert!(
+        is_root(),
+        "the PgBouncer test must run as root (it runs pgbouncer as postgres)"
+    );
     let host = match upstream.get_hosts().first() {
         Some(Host::Tcp(h)) => h.clone(),
         _ => "127.0.0.1".to_owned(),

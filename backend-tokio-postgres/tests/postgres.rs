@@ -602,3 +602,24 @@ async fn an_idle_fenced_transaction_is_ended_by_the_server_and_the_claim_proceed
     ));
     ctx.drop_schema().await;
 }
+
+/// `Backend::release` in one statement on this driver too: with a term
+/// (an `int8`) and without one (a typed `NULL`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_in_one_statement_with_and_without_a_term() {
+    use regent_core::Backend;
+    let ctx = Ctx::new("release1").await;
+    let (a, b) = (ctx.backend("a").await, ctx.backend("b").await);
+    let (ns, na) = (&ctx.ns, node("node-a"));
+    let (r, s) = (role("r"), role("s"));
+    assert!(lock_one(&a, ns, &r).await);
+    let term = a.claim(ns, &r, &na, LEASE).await.unwrap().term;
+    assert!(a.release(ns, &r, &na, Some(term)).await.unwrap().notified);
+    let (now, rows) = b.read(ns, std::slice::from_ref(&r)).await.unwrap();
+    assert!(rows[0].lease_until <= now);
+    assert!(lock_one(&b, ns, &r).await);
+    assert!(lock_one(&a, ns, &s).await);
+    assert!(a.release(ns, &s, &na, None).await.unwrap().notified);
+    assert!(lock_one(&b, ns, &s).await);
+    ctx.drop_schema().await;
+}

@@ -279,7 +279,65 @@ pub trait Notify: Send + Sync {
     -> Result<Box<dyn Subscription>, BackendError>;
 }
 
-/// Everything the driver needs from a backend.
-pub trait Backend: Lock + Lease + Notify + 'static {}
+/// What [`Backend::release`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Released {
+    /// Whether the release was also published to the namespace's
+    /// subscribers (after the lock was free), so no
+    /// [`Notify::publish_release`] is needed.
+    pub notified: bool,
+    /// Why ending the lease failed, if it did while the unlock went
+    /// through: standbys then wait for the lease to run out by itself.
+    pub expire_failed: Option<BackendError>,
+}
 
-impl<T: Lock + Lease + Notify + 'static> Backend for T {}
+impl Released {
+    /// Released, with the notification sent or not.
+    pub fn new(notified: bool) -> Self {
+        Self {
+            notified,
+            expire_failed: None,
+        }
+    }
+}
+
+/// Everything the driver needs from a backend: [`Lock`], [`Lease`] and
+/// [`Notify`], plus [`Backend::release`], which an engine may do in one
+/// step. Implement it with `impl Backend for MyBackend {}` to keep the
+/// default.
+#[async_trait]
+pub trait Backend: Lock + Lease + Notify + 'static {
+    /// Gives up `role`: ends its lease now when `term` is given (only while
+    /// the row still names `holder` at `term`), *then* unlocks — in this
+    /// order, so a standby that takes the lock finds the lease ended and
+    /// need not wait it out. An engine that can also publish the release
+    /// after the lock is free, in the same step, does so and reports
+    /// `notified: true`; the machine then sends no `Notify`.
+    ///
+    /// The default calls [`Lease::expire`] and [`Lock::unlock`]. A failed
+    /// expiry other than a lost session does not stop the unlock (freeing
+    /// the lock matters more; the lease runs out by itself) and is reported
+    /// in [`Released::expire_failed`].
+    async fn release(
+        &self,
+        namespace: &Namespace,
+        role: &Role,
+        holder: &NodeId,
+        term: Option<Term>,
+    ) -> Result<Released, BackendError> {
+        let mut expire_failed = None;
+        if let Some(term) = term {
+            match self.expire(namespace, role, holder, term).await {
+                Ok(()) => {}
+                Err(e @ BackendError::SessionLost { .. }) => return Err(e),
+                Err(e) => expire_failed = Some(e),
+            }
+        }
+        self.unlock(namespace, role).await?;
+        Ok(Released {
+            notified: false,
+            expire_failed,
+        })
+    }
+}

@@ -105,7 +105,7 @@ pub mod driver;
 
 pub use backend::{
     Backend, BackendError, ClaimOutcome, HeldLease, Lease, Lock, LockAttempt, Notify, NotifyEvent,
-    PreemptOutcome, RenewOutcome, Subscription, TryLockOutcome,
+    PreemptOutcome, Released, RenewOutcome, Subscription, TryLockOutcome,
 };
 pub use config::{Config, ConfigBuilder, ConfigError, TakeoverPolicy, UnknownPolicy};
 pub use machine::{

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use regent_core::{
-    BackendError, ClaimOutcome, DbTimestamp, HeldLease, Lease, LeaseRecord, Lock, Namespace,
-    NodeId, Notify, PreemptOutcome, RenewOutcome, Role, Subscription, Term, TryLockOutcome,
+    Backend, BackendError, ClaimOutcome, DbTimestamp, HeldLease, Lease, LeaseRecord, Lock,
+    Namespace, NodeId, Notify, PreemptOutcome, Released, RenewOutcome, Role, Subscription, Term,
+    TryLockOutcome,
 };
 
 use crate::driver::{Conn, DbError, Driver, Param};
@@ -282,6 +283,33 @@ impl<D: Driver> Lease for PgBackend<D> {
 
     async fn list(&self, namespace: Option<&Namespace>) -> Result<Vec<LeaseRecord>, BackendError> {
         self.engine.list(namespace).await
+    }
+}
+
+#[async_trait]
+impl<D: Driver> Backend for PgBackend<D> {
+    /// Ends the lease, unlocks and publishes the release in **one**
+    /// statement on the session (see [`crate::Statements::release`]): one
+    /// round trip instead of three, and the notification still reaches
+    /// standbys only after the lock is free.
+    async fn release(
+        &self,
+        namespace: &Namespace,
+        role: &Role,
+        holder: &NodeId,
+        term: Option<Term>,
+    ) -> Result<Released, BackendError> {
+        let op = Op::Release {
+            ns: namespace.clone(),
+            role: role.clone(),
+            holder: holder.clone(),
+            term,
+        };
+        match self.submit(op).await? {
+            Out::Released(notified) => Ok(Released::new(notified)),
+            Out::Unit => Ok(Released::new(false)),
+            other => Err(mismatch(other)),
+        }
     }
 }
 

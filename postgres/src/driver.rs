@@ -25,6 +25,8 @@ pub enum Param {
     Int4(i32),
     /// `int8`.
     Int8(i64),
+    /// `int8` or `NULL`.
+    OptInt8(Option<i64>),
     /// `text[]`.
     TextArray(Vec<String>),
     /// `int2[]`.

@@ -2,8 +2,8 @@
 //! wraps a [`PgBackend`](crate::PgBackend) and implements regent's traits
 //! by forwarding every call to it, so no adapter writes them again.
 
-/// Implements [`Lock`](regent_core::Lock), [`Lease`](regent_core::Lease)
-/// and [`Notify`](regent_core::Notify) for `$ty` by forwarding to the
+/// Implements [`Lock`](regent_core::Lock), [`Lease`](regent_core::Lease),
+/// [`Notify`](regent_core::Notify) and [`Backend`](regent_core::Backend) for `$ty` by forwarding to the
 /// [`PgBackend`](crate::PgBackend) in its field `$field`.
 ///
 /// ```ignore
@@ -122,6 +122,21 @@ macro_rules! forward_backend {
                 $crate::__private::BackendError,
             > {
                 $crate::__private::Lease::list(&self.$field, namespace).await
+            }
+        }
+
+        #[$crate::__private::async_trait]
+        impl $crate::__private::Backend for $ty {
+            async fn release(
+                &self,
+                namespace: &$crate::__private::Namespace,
+                role: &$crate::__private::Role,
+                holder: &$crate::__private::NodeId,
+                term: ::std::option::Option<$crate::__private::Term>,
+            ) -> ::std::result::Result<$crate::__private::Released, $crate::__private::BackendError>
+            {
+                $crate::__private::Backend::release(&self.$field, namespace, role, holder, term)
+                    .await
             }
         }
 

@@ -2,7 +2,7 @@
 //!
 //! Everything both PostgreSQL backends do lives here, once: the schema DDL,
 //! statement text, advisory-lock key derivation, channel names, row
-//! decoding, lock planning ([`plan`], [`reconcile_held`]), session
+//! decoding, lock planning ([`plan`], [`held_roles`]), session
 //! [`Settings`], error classification ([`misconfiguration`]), the fenced
 //! check ([`PgBackend::fence`]) and the session engine [`PgBackend`] —
 //! opening the node's session with the transaction-pooler probe, the one
@@ -76,8 +76,9 @@ mod statements;
 pub mod __private {
     pub use async_trait::async_trait;
     pub use regent_core::{
-        BackendError, ClaimOutcome, DbTimestamp, HeldLease, Lease, LeaseRecord, Lock, Namespace,
-        NodeId, Notify, PreemptOutcome, RenewOutcome, Role, Subscription, Term, TryLockOutcome,
+        Backend, BackendError, ClaimOutcome, DbTimestamp, HeldLease, Lease, LeaseRecord, Lock,
+        Namespace, NodeId, Notify, PreemptOutcome, Released, RenewOutcome, Role, Subscription,
+        Term, TryLockOutcome,
     };
 }
 
@@ -92,7 +93,7 @@ pub use listen::PgSubscription;
 pub use ops::SQLSTATE_LOCK_NOT_AVAILABLE;
 pub use plan::{
     KEY_COLLISION_WARNING, KeyCollision, LockPlan, Planned, TryLockParams, check_claim,
-    check_try_lock_rows, lock_attempts, plan, reconcile_held, record_granted,
+    check_try_lock_rows, held_roles, lock_attempts, plan, record_granted,
 };
 pub use rows::{
     LeaseRow, PREEMPT_NOT_PERMITTED_WARNING, RowError, lease_names, micros, preempt_outcome,

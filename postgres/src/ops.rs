@@ -2,7 +2,6 @@
 //! session task can run each to completion even if its caller gives up,
 //! and the error rule of each.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use regent_core::{
@@ -53,13 +52,19 @@ pub(crate) enum Op {
         holder: NodeId,
         term: Term,
     },
+    Release {
+        ns: Namespace,
+        role: Role,
+        holder: NodeId,
+        term: Option<Term>,
+    },
 }
 
 impl Op {
     /// Calls that have nothing to do without an open session (nothing can
     /// be held): they never open one.
     pub(crate) fn needs_no_session(&self) -> bool {
-        matches!(self, Op::Unlock { .. })
+        matches!(self, Op::Unlock { .. } | Op::Release { term: None, .. })
     }
 
     /// Statements that may change or reveal the session's advisory locks:
@@ -70,7 +75,11 @@ impl Op {
     pub(crate) fn touches_locks(&self) -> bool {
         matches!(
             self,
-            Op::TryLock { .. } | Op::Unlock { .. } | Op::Held { .. } | Op::Ping
+            Op::TryLock { .. }
+                | Op::Unlock { .. }
+                | Op::Held { .. }
+                | Op::Ping
+                | Op::Release { .. }
         )
     }
 }
@@ -83,6 +92,8 @@ pub(crate) enum Out {
     Roles(Vec<Role>),
     Claim(ClaimOutcome),
     Renew(RenewOutcome),
+    /// Whether the release notification went out with the release.
+    Released(bool),
 }
 
 /// An [`Out`] of the wrong kind: a bug, reported rather than panicking.
@@ -177,6 +188,15 @@ impl<D: Driver> Engine<D> {
                 .renew(s, &ns, &holder, &held, lease)
                 .await
                 .map(Out::Renew),
+            Op::Release {
+                ns,
+                role,
+                holder,
+                term,
+            } => self
+                .release(s, &ns, &role, &holder, term)
+                .await
+                .map(Out::Released),
             Op::Expire {
                 ns,
                 role,
@@ -207,6 +227,56 @@ impl<D: Driver> Engine<D> {
             }),
             other => other,
         }
+    }
+
+    /// Ends the lease (when `term` is given), unlocks and notifies in one
+    /// statement (see [`crate::Statements::release`]). Returns whether the
+    /// notification went out: not when this session did not hold the lock
+    /// (then only the lease is ended).
+    async fn release(
+        &self,
+        s: &mut Session<D::Conn>,
+        ns: &Namespace,
+        role: &Role,
+        holder: &NodeId,
+        term: Option<Term>,
+    ) -> Result<bool, BackendError> {
+        let key = AdvisoryKey::derive(ns, role);
+        let owned = [
+            Param::Text(ns.as_str().to_owned()),
+            Param::Text(role.as_str().to_owned()),
+            Param::Text(holder.as_str().to_owned()),
+        ];
+        if s.held.get(&key) != Some(role) {
+            if let Some(term) = term {
+                let sql = self.sql.expire.clone();
+                let mut params = owned.to_vec();
+                params.push(Param::Int8(crate::term_to_db(term)));
+                self.q(s, &sql, &params)
+                    .await
+                    .map_err(|e| self.dml_error(e))?;
+            }
+            return Ok(false);
+        }
+        let sql = self.sql.release.clone();
+        let mut params = owned.to_vec();
+        params.extend([
+            // `term = NULL` matches no row: nothing is expired.
+            Param::OptInt8(term.map(crate::term_to_db)),
+            Param::Int4(key.ns),
+            Param::Int4(key.role),
+            Param::Text(crate::notify_channel(ns)),
+        ]);
+        let rows = self
+            .q(s, &sql, &params)
+            .await
+            .map_err(|e| self.lock_error(e))?;
+        s.held.remove(&key);
+        let unlocked = rows.first().map(|r| r.bool("unlocked"));
+        if !matches!(unlocked, Some(Ok(true))) {
+            tracing::warn!(%ns, %role, "advisory lock was not held at release");
+        }
+        Ok(true)
     }
 
     async fn check_table(&self, s: &mut Session<D::Conn>) -> Result<(), BackendError> {
@@ -303,23 +373,33 @@ impl<D: Driver> Engine<D> {
         Ok(())
     }
 
+    /// Lock validation: one round trip proves the session is alive and is
+    /// still the backend it was (a changed pid means something in between
+    /// moved it, and its locks with it); which roles it holds is then known
+    /// from the record (see [`held_roles`](crate::held_roles)).
     async fn held(
         &self,
         s: &mut Session<D::Conn>,
         ns: &Namespace,
         roles: &[Role],
     ) -> Result<Vec<Role>, BackendError> {
-        let sql = self.sql.held.clone();
+        let sql = self.sql.session_pid.clone();
         let rows = self.q(s, &sql, &[]).await.map_err(|e| self.lock_error(e))?;
-        let mut in_db = HashSet::with_capacity(rows.len());
-        for row in &rows {
-            let key = row
-                .int("classid")
-                .and_then(|c| row.int("objid").map(|o| AdvisoryKey::from_pg_locks(c, o)))
-                .map_err(|e| crate::unreadable_row(&e.to_string()))?;
-            in_db.insert(key);
+        let pid = rows
+            .first()
+            .map(|r| r.int("pid"))
+            .transpose()
+            .map_err(|e| crate::unreadable_row(&e.to_string()))?;
+        if pid != Some(i64::from(s.pid)) {
+            return Err(BackendError::SessionLost {
+                reason: format!(
+                    "the session's backend changed (pid {} then {pid:?}): a connection pooler \
+                     moved it, and its locks stayed behind",
+                    s.pid
+                ),
+            });
         }
-        Ok(crate::reconcile_held(ns, roles, &mut s.held, &in_db))
+        Ok(crate::held_roles(ns, roles, &s.held))
     }
 
     async fn claim(

@@ -85,34 +85,24 @@ pub fn plan(namespace: &Namespace, roles: &[Role], held: &HashMap<AdvisoryKey, R
     out
 }
 
-/// Reconciles the session's `held` map with the keys the server reports
-/// (`in_db`, from `pg_locks`) and returns which of `roles` are held: keys
-/// the server no longer has are forgotten, a key held for a colliding role
-/// does not count, and a held but unrecorded key is adopted (so `unlock`
-/// can release it).
-pub fn reconcile_held(
+/// Which of `roles` the session holds, from its own record `held`.
+///
+/// The record is exact while the session lives: the engine records every
+/// lock a statement took and closes the session whenever a lock statement
+/// fails, and an advisory lock on a live session disappears only by that
+/// session's own unlock. So lock validation needs no `pg_locks` scan, only
+/// a round trip proving the session is alive and is still the same backend.
+/// A key recorded for a colliding role does not count.
+pub fn held_roles(
     namespace: &Namespace,
     roles: &[Role],
-    held: &mut HashMap<AdvisoryKey, Role>,
-    in_db: &HashSet<AdvisoryKey>,
+    held: &HashMap<AdvisoryKey, Role>,
 ) -> Vec<Role> {
-    held.retain(|key, _| in_db.contains(key));
-    let mut out = Vec::new();
-    for role in roles {
-        let key = AdvisoryKey::derive(namespace, role);
-        if !in_db.contains(&key) {
-            continue;
-        }
-        match held.get(&key) {
-            Some(r) if r == role => out.push(role.clone()),
-            Some(_) => {} // held for a colliding role
-            None => {
-                held.insert(key, role.clone());
-                out.push(role.clone());
-            }
-        }
-    }
-    out
+    roles
+        .iter()
+        .filter(|role| held.get(&AdvisoryKey::derive(namespace, role)) == Some(*role))
+        .cloned()
+        .collect()
 }
 
 /// Refuses a claim on a session that does not hold the role's lock:
@@ -249,20 +239,18 @@ mod tests {
     }
 
     #[test]
-    fn held_is_reconciled_with_the_server() {
+    fn held_roles_come_from_the_record() {
         let ns = Namespace::default();
         let (a, b, c) = (role("a"), role("b"), role("c"));
         let key = |r: &Role| AdvisoryKey::derive(&ns, r);
         let mut held = HashMap::new();
         held.insert(key(&a), a.clone());
-        held.insert(key(&b), b.clone());
-        let in_db: HashSet<_> = [key(&a), key(&c)].into_iter().collect();
-        let out = reconcile_held(&ns, &[a.clone(), b.clone(), c.clone()], &mut held, &in_db);
-        assert_eq!(out, [a.clone(), c.clone()]);
-        assert_eq!(held.len(), 2);
-        assert_eq!(held.get(&key(&c)), Some(&c));
+        // A key recorded for another (colliding) role does not count.
+        held.insert(key(&b), c.clone());
+        let out = held_roles(&ns, &[a.clone(), b.clone(), c.clone()], &held);
+        assert_eq!(out, [a.clone()]);
         assert!(check_claim(&held, &ns, &a).is_ok());
-        assert!(check_claim(&held, &ns, &b).unwrap_err().is_session_lost());
+        assert!(check_claim(&held, &ns, &c).unwrap_err().is_session_lost());
     }
 
     #[test]

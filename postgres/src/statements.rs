@@ -58,11 +58,20 @@ pub struct Statements {
     /// `$1 ns, $2 role, $3 holder, $4 term int8` → no rows. Ends the lease
     /// now if holder and term match.
     pub expire: String,
-    /// no parameters → `classid int8, objid int8` of every two-key advisory
-    /// lock the session holds in the current database.
-    pub held: String,
+    /// no parameters → `pid int4`: the session's `pg_backend_pid()`, the
+    /// round trip of lock validation (see [`held_roles`](crate::held_roles)
+    /// for why no `pg_locks` scan is needed).
+    pub session_pid: String,
     /// `$1 ns_key int4, $2 role_key int4` → `unlocked bool`.
     pub unlock: String,
+    /// Release in one round trip: `$1 ns, $2 role, $3 holder, $4 term int8
+    /// or NULL (do not expire), $5 ns_key int4, $6 role_key int4, $7 channel
+    /// text` → one row: `expired int8` (rows expired), `unlocked bool`.
+    /// Ends the lease now if holder and term match, *then* unlocks (the
+    /// unlock reads the expiry's result), then queues the release
+    /// notification, which PostgreSQL delivers at commit — after the lock
+    /// is free and the expiry visible, as DESIGN §2 rule 5 requires.
+    pub release: String,
     /// `$1 ns, $2 roles text[]` → at least one row: `db_now_us, role,`
     /// lease columns; `role` is NULL in the single row when nothing matched.
     pub read: String,
@@ -139,10 +148,14 @@ impl Statements {
              WHERE namespace = $1::text AND role = $2::text AND holder = $3::text \
              AND term = $4::int8"
         );
-        let held = format!(
-            "SELECT classid::int8 AS classid, objid::int8 AS objid FROM pg_locks \
-             WHERE pid = pg_backend_pid() AND locktype = 'advisory' \
-             AND database = {CURRENT_DB} AND objsubid = 2 AND granted"
+        let release = format!(
+            "WITH expired AS (\
+             UPDATE {t} SET lease_until = least(lease_until, now()) \
+             WHERE namespace = $1::text AND role = $2::text AND holder = $3::text \
+             AND term = $4::int8 RETURNING 1), \
+             done AS (SELECT count(*) AS n FROM expired) \
+             SELECT d.n AS expired, pg_advisory_unlock($5::int4, $6::int4) AS unlocked, \
+             pg_notify($7::text, $2::text) AS notified FROM done AS d"
         );
         let read = format!(
             "SELECT {now_us} AS db_now_us, l.role AS role, {} \
@@ -181,7 +194,8 @@ impl Statements {
             claim,
             renew,
             expire,
-            held,
+            session_pid: "SELECT pg_backend_pid() AS pid".to_owned(),
+            release,
             unlock: "SELECT pg_advisory_unlock($1::int4, $2::int4) AS unlocked".to_owned(),
             read,
             list,

@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use regent_core::{
-    BackendError, ClaimOutcome, DbTimestamp, HeldLease, Lease, LeaseRecord, Lock, Namespace,
-    NodeId, Notify, NotifyEvent, PreemptOutcome, RenewOutcome, Role, Subscription, Term,
+    Backend, BackendError, ClaimOutcome, DbTimestamp, HeldLease, Lease, LeaseRecord, Lock,
+    Namespace, NodeId, Notify, NotifyEvent, PreemptOutcome, RenewOutcome, Role, Subscription, Term,
     TryLockOutcome,
 };
 use tokio::sync::{mpsc, watch};
@@ -289,6 +289,10 @@ impl SimBackend {
         out
     }
 }
+
+/// The default release (expire, then unlock): the simulated database
+/// publishes nothing by itself.
+impl Backend for SimBackend {}
 
 #[async_trait]
 impl Lock for SimBackend {

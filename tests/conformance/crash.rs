@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use regent::{
     Backend, BackendError, ClaimOutcome, DbTimestamp, HeldLease, Lease, LeaseRecord, Lock,
-    Namespace, NodeId, Notify, PreemptOutcome, RenewOutcome, Role, Subscription, Term,
+    Namespace, NodeId, Notify, PreemptOutcome, Released, RenewOutcome, Role, Subscription, Term,
     TryLockOutcome,
 };
 
@@ -46,6 +46,20 @@ impl<B: Backend + Clone> Crashable<B> {
         if self.crashed.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
+    }
+}
+
+#[async_trait]
+impl<B: Backend + Clone> Backend for Crashable<B> {
+    async fn release(
+        &self,
+        ns: &Namespace,
+        role: &Role,
+        holder: &NodeId,
+        term: Option<Term>,
+    ) -> Result<Released, BackendError> {
+        self.gate().await;
+        self.inner.release(ns, role, holder, term).await
     }
 }
 

@@ -53,19 +53,19 @@ async fn run(ctx: &ExecContext, command: Command) -> CommandResult {
             CommandOutput::Preempt(b.preempt(&lease, grace).await?)
         }
         Command::Release { role, term, .. } => {
-            if let Some(term) = term {
-                match b.expire(ns, &role, &ctx.node, term).await {
-                    Ok(()) => {}
-                    Err(e @ BackendError::SessionLost { .. }) => return Err(e),
-                    // The lease runs out by itself; freeing the lock matters more.
-                    Err(e) => tracing::warn!(
-                        role = %role, term = %term, error = %e,
-                        "could not expire the lease on release; standbys wait for it to run out"
-                    ),
-                }
+            let released = b.release(ns, &role, &ctx.node, term).await?;
+            if let (Some(e), Some(term)) = (&released.expire_failed, term) {
+                // The lease runs out by itself; freeing the lock mattered more.
+                tracing::warn!(
+                    role = %role, term = %term, error = %e,
+                    "could not expire the lease on release; standbys wait for it to run out"
+                );
             }
-            b.unlock(ns, &role).await?;
-            CommandOutput::Released
+            if released.notified {
+                CommandOutput::ReleasedAndNotified
+            } else {
+                CommandOutput::Released
+            }
         }
         Command::Notify { role, .. } => {
             b.publish_release(ns, &role).await?;

@@ -42,6 +42,8 @@ struct Harness {
     closed: tokio::sync::Notify,
 }
 
+impl crate::Backend for Harness {}
+
 #[async_trait]
 impl Lock for Harness {
     async fn connect(&self) -> Result<(), BackendError> {

@@ -79,9 +79,11 @@ pub enum Command {
         /// How long past its lease the holder must be.
         grace: Duration,
     },
-    /// Release a role: first [`Lease::expire`](crate::Lease::expire) the
-    /// lease (when `term` is given), then [`Lock::unlock`](crate::Lock::unlock).
-    /// Expects [`CommandOutput::Released`] once the lock is free.
+    /// Release a role with [`Backend::release`](crate::Backend::release):
+    /// first end the lease (when `term` is given), then unlock. Expects
+    /// [`CommandOutput::Released`] once the lock is free, or
+    /// [`CommandOutput::ReleasedAndNotified`] when the engine also
+    /// published the release in the same step (no `Notify` follows).
     Release {
         /// Correlation id.
         id: CommandId,
@@ -157,6 +159,10 @@ pub enum CommandOutput {
     Preempt(PreemptOutcome),
     /// Result of [`Command::Release`]: the lock is free.
     Released,
+    /// Result of [`Command::Release`]: the lock is free and the release
+    /// notification went out with it (after the lock was free), so the
+    /// machine sends no `Notify`.
+    ReleasedAndNotified,
     /// Result of [`Command::Notify`].
     Notified,
     /// Result of [`Command::ResetSession`]: the session is closed.

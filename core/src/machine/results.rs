@@ -95,7 +95,10 @@ impl Machine {
             (Pending::Preempt(role, holder), Ok(CommandOutput::Preempt(out))) => {
                 self.on_preempt(&role, holder, out)
             }
-            (Pending::Release(role, epoch), Ok(CommandOutput::Released)) => {
+            (
+                Pending::Release(role, epoch),
+                Ok(out @ (CommandOutput::Released | CommandOutput::ReleasedAndNotified)),
+            ) => {
                 if self.current(&role, epoch) {
                     let now = self.now;
                     if let Some(en) = self.roles.get_mut(&role) {
@@ -107,15 +110,18 @@ impl Machine {
                         };
                     }
                     self.bump_epoch(&role);
-                    // Only now is the lock free: tell the standbys.
-                    let id = self.next_id();
-                    self.send(
-                        Command::Notify {
-                            id,
-                            role: role.clone(),
-                        },
-                        Pending::Notify,
-                    );
+                    // Only now is the lock free: tell the standbys (unless
+                    // the engine already did, after freeing it).
+                    if out == CommandOutput::Released {
+                        let id = self.next_id();
+                        self.send(
+                            Command::Notify {
+                                id,
+                                role: role.clone(),
+                            },
+                            Pending::Notify,
+                        );
+                    }
                     self.finish(&role);
                 }
             }

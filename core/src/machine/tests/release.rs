@@ -52,6 +52,25 @@ fn resign_drains_then_releases_then_notifies_then_holds_off() {
 }
 
 #[test]
+fn an_engine_that_notified_with_the_release_gets_no_notify_command() {
+    let mut m = machine();
+    let a = r("a");
+    lead(&mut m, &a);
+    m.handle_resign(ms(100), &a);
+    events(&mut m);
+    m.handle_drained(ms(200), &a);
+    assert_eq!(drain(&mut m), vec![release_cmd(3, &a, Some(1))]);
+    m.handle_result(ms(210), id(3), Ok(CommandOutput::ReleasedAndNotified));
+    // The release went out with the unlock: nothing more to send.
+    assert_eq!(drain(&mut m), vec![]);
+    assert_eq!(m.state(&a), Some(RoleState::Follower));
+    assert_eq!(m.poll_timeout(), Some(ms(2100)));
+    m.handle_timeout(ms(2100));
+    // Ids go on from 4: no Notify took one.
+    assert_eq!(drain(&mut m), vec![try_lock_cmd(4, &[&a])]);
+}
+
+#[test]
 fn resign_releases_after_the_drain_timeout() {
     let mut m = machine();
     let a = r("a");
