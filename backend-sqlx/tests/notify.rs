@@ -60,7 +60,7 @@ async fn listener_reconnect_yields_maybe_missed() {
 #[tokio::test]
 async fn release_expires_unlocks_and_notifies_in_one_step() {
     use common::{LEASE, granted, node_id};
-    use regent_core::{Backend, Lease, Lock};
+    use regent_core::{Backend, Lease};
     let ctx = Ctx::new("release1").await;
     let (a, b) = (ctx.node("a"), ctx.node("b"));
     let (r, ida) = (role("r"), node_id("a"));
