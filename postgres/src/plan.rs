@@ -248,7 +248,7 @@ mod tests {
         // A key recorded for another (colliding) role does not count.
         held.insert(key(&b), c.clone());
         let out = held_roles(&ns, &[a.clone(), b.clone(), c.clone()], &held);
-        assert_eq!(out, [a.clone()]);
+        assert_eq!(out, std::slice::from_ref(&a));
         assert!(check_claim(&held, &ns, &a).is_ok());
         assert!(check_claim(&held, &ns, &c).unwrap_err().is_session_lost());
     }
