@@ -105,11 +105,43 @@ impl fmt::Display for SimReport {
     }
 }
 
+/// One seed of a sweep, in brief: enough to compare two sweeps seed by
+/// seed and to aggregate over seeds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSummary {
+    /// The seed.
+    pub seed: u64,
+    /// Whether every invariant held.
+    pub passed: bool,
+    /// [`SimReport::log_hash`].
+    pub log_hash: u64,
+    /// [`SimReport::events`].
+    pub events: u64,
+    /// [`SimReport::simulated`].
+    pub simulated: Duration,
+}
+
+impl RunSummary {
+    /// The brief of `report`.
+    pub fn of(report: &SimReport) -> Self {
+        Self {
+            seed: report.config.seed,
+            passed: report.passed(),
+            log_hash: report.log_hash,
+            events: report.events,
+            simulated: report.simulated,
+        }
+    }
+}
+
 /// The outcome of many seeds.
 #[derive(Debug, Clone, Default)]
 pub struct SweepReport {
     /// Seeds run.
     pub seeds: u64,
+    /// Every seed run, in the order added (seed order for the sweeps of
+    /// [`crate::sweep`]).
+    pub runs: Vec<RunSummary>,
     /// Reports of the seeds that failed (all of them if the sweep did not
     /// stop at the first).
     pub failures: Vec<SimReport>,
@@ -130,6 +162,7 @@ impl SweepReport {
     /// Adds one seed's report to the totals (kept only if it failed).
     pub fn add(&mut self, report: SimReport) {
         self.seeds += 1;
+        self.runs.push(RunSummary::of(&report));
         self.events += report.events;
         self.simulated += report.simulated;
         for (k, v) in &report.coverage {
