@@ -54,7 +54,11 @@
 //! See [`invariants`]: one leader at a time (`WaitForLease`), every belief
 //! covered by a database lease, fencing, increasing terms, no re-entrant
 //! lock, the machine's command contract, notification after unlock,
-//! liveness after healing; plus "sometimes" coverage counters that prove
+//! liveness after healing, and availability: per role the fraction of time
+//! led and the longest leaderless stretch while a healthy node campaigned
+//! are measured ([`SimReport::availability`]) and that stretch is bounded
+//! unless an unreachable session blocked the lock
+//! ([`invariants::availability`]); plus "sometimes" coverage counters that prove
 //! the dangerous paths ran. The [`mutant`]s are deliberately
 //! broken machines that these checks catch within a few seeds.
 //!
@@ -89,7 +93,7 @@ pub use db::SimDb;
 pub use faults::{Direction, Fault, FaultKnobs, ScheduledFault};
 pub use mutant::Mutant;
 pub use regent_core::TakeoverPolicy;
-pub use report::{Coverage, RunSummary, SimReport, SweepReport, Violation};
+pub use report::{Coverage, RunSummary, SimReport, Spread, SweepReport, Violation};
 pub use sweep::{default_jobs, sweep, sweep_each, sweep_jobs};
 pub use time::SimTime;
 pub use world::SimError;
@@ -113,6 +117,7 @@ pub fn run(config: &SimConfig) -> SimReport {
         Err(e) => SimReport {
             config: config.clone(),
             knobs: Vec::new(),
+            availability: Vec::new(),
             violations: vec![Violation {
                 at: SimTime::ZERO,
                 invariant: "setup",

@@ -152,6 +152,10 @@ pub(crate) struct World {
     /// Scratch buffers of [`World::pump`], kept to reuse their allocations.
     command_buf: Vec<Command>,
     event_buf: Vec<regent_core::Event>,
+    /// Scratch buffer of the per-role availability status of a step.
+    status_buf: Vec<crate::invariants::availability::RoleStatus>,
+    /// Per role: the key of its advisory lock.
+    lock_keys: Vec<crate::db::LockKey>,
 }
 
 /// How long after the heal every role must have been led.
@@ -185,6 +189,11 @@ impl World {
             .preempt_zombies(knobs.preempt_zombies)
             .build()?;
         let bound = liveness_bound(&machine_cfg, KEEPALIVE_MAX);
+        let availability_bound = crate::invariants::availability::bound(
+            &machine_cfg,
+            KEEPALIVE_MAX,
+            crate::faults::SPIKE_MAX,
+        );
         let end = SimTime::from_duration(cfg.duration);
         let heal_at =
             SimTime::from_duration(cfg.duration.saturating_sub(bound + Duration::from_secs(1)));
@@ -253,6 +262,7 @@ impl World {
                 cfg.roles,
                 cfg.policy,
                 bound,
+                availability_bound,
                 cfg.mutant.is_none(),
             ),
             cov: Coverage::new(),
@@ -262,6 +272,11 @@ impl World {
             beliefs_changed: false,
             command_buf: Vec::new(),
             event_buf: Vec::new(),
+            status_buf: Vec::new(),
+            lock_keys: roles
+                .iter()
+                .map(|r| (Namespace::default(), r.clone()))
+                .collect(),
             roles,
             nodes,
             conns: Vec::new(),
@@ -281,11 +296,12 @@ impl World {
             ));
         }
         lines.push(format!(
-            "policy {}, mutant {}, heal at {}, liveness bound {:.1}s",
+            "policy {}, mutant {}, heal at {}, liveness bound {:.1}s, availability bound {:.1}s",
             crate::config::policy_name(self.cfg.policy),
             self.cfg.mutant.map_or("none", |m| m.name()),
             self.heal_at,
-            self.checker.liveness.bound().as_secs_f64()
+            self.checker.liveness.bound().as_secs_f64(),
+            self.checker.availability.bound().as_secs_f64()
         ));
         lines
     }
@@ -433,6 +449,7 @@ impl World {
             knobs.push(format!("explicit schedule: {s:?}"));
         }
         SimReport {
+            availability: self.checker.availability.finish(now),
             knobs,
             violations: self.checker.violations,
             coverage: {

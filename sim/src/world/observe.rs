@@ -6,6 +6,8 @@ use std::time::Duration;
 use regent_core::{Event, LocalInstant, StepDownReason};
 
 use super::{Ev, World};
+use crate::db::TerminatePrivilege;
+use crate::invariants::availability::RoleStatus;
 use crate::time::SimTime;
 use crate::timeline::Tag;
 
@@ -156,14 +158,99 @@ impl World {
             self.sync_leaders(now);
         }
         let db_now = self.db.now();
+        let mut status = std::mem::take(&mut self.status_buf);
+        status.clear();
+        status.extend((0..self.roles.len()).map(|r| self.role_status(r)));
         self.checker.on_step(
             now,
             db_now,
             &self.leaders,
             &self.terms,
+            &status,
             changed,
             &mut self.cov,
         );
+        self.status_buf = status;
+    }
+
+    /// A fault is about to hit node `n` (or, with `pid`, that one session):
+    /// roles whose lock its current session holds restart their
+    /// accountable leaderless stretch (see
+    /// [`crate::invariants::availability`]).
+    pub(super) fn fault_hits(&mut self, n: Option<usize>, pid: Option<crate::db::Pid>) {
+        let now = self.now;
+        for r in 0..self.roles.len() {
+            let Some((holder, _)) = self.db.lock_holder(&self.lock_keys[r]) else {
+                continue;
+            };
+            let hit = pid == Some(holder)
+                || n.is_some_and(|n| {
+                    self.nodes[n]
+                        .conn
+                        .is_some_and(|c| self.conns[c].pid == Some(holder))
+                });
+            if hit {
+                self.checker.availability.holder_faulted(now, r);
+            }
+        }
+    }
+
+    /// Role `r`'s availability status now (see
+    /// [`crate::invariants::availability`] for the definitions).
+    fn role_status(&self, r: usize) -> RoleStatus {
+        if !self.leaders[r].is_empty() {
+            return RoleStatus {
+                led: true,
+                healthy: false,
+                blocked: false,
+            };
+        }
+        let healthy = self.db.is_up() && (0..self.nodes.len()).any(|n| self.healthy(n, r));
+        let preemptible = self.machine_cfg.preempt_zombies()
+            && self.db.privilege() == TerminatePrivilege::Permitted;
+        let key = &self.lock_keys[r];
+        let blocked = healthy
+            && self.db.lock_holder(key).is_some_and(|(pid, _)| {
+                // A session of no live incarnation (a zombie, a backend the
+                // server has not dropped yet) or of an unhealthy node...
+                let unhealthy = !self.by_pid.get(&pid).is_some_and(|&c| {
+                    let n = self.conns[c].node;
+                    self.nodes[n].conn == Some(c) && self.reachable(n)
+                });
+                // ...that preemption cannot reach: it is off or denied, or
+                // the lease row names another session (the holder took the
+                // lock but never claimed), and preemption only terminates
+                // the session the row names.
+                let reachable =
+                    preemptible && self.db.row(key).is_some_and(|row| row.session == Some(pid));
+                unhealthy && !reachable
+            });
+        RoleStatus {
+            led: false,
+            healthy,
+            blocked,
+        }
+    }
+
+    /// Node `n` runs and talks to the database: up, not paused, not cut off,
+    /// not shutting down.
+    fn reachable(&self, n: usize) -> bool {
+        let node = &self.nodes[n];
+        node.up() && !node.paused() && node.cut.is_none() && !node.shutting_down
+    }
+
+    /// Node `n` is healthy for role `r`: reachable, with a live backend on
+    /// its current session, and campaigning for `r`.
+    fn healthy(&self, n: usize, r: usize) -> bool {
+        self.reachable(n)
+            && self.nodes[n]
+                .conn
+                .and_then(|c| self.conns[c].pid)
+                .is_some_and(|pid| self.db.is_alive(pid))
+            && self.nodes[n]
+                .subject
+                .as_ref()
+                .is_some_and(|s| s.campaigns(&self.roles[r]))
     }
 
     /// Brings `leaders` and `terms` up to date with the beliefs, and the

@@ -175,6 +175,10 @@ fn summary(total: &SweepReport, wall: Duration, jobs: NonZeroUsize) -> String {
         "cluster-hours per wall-minute per core",
         format!("{:.0}", per_min / cores as f64),
     );
+    out.push_str("  availability (per seed: worst, median):\n");
+    for line in total.availability_lines() {
+        out.push_str(&format!("    {line}\n"));
+    }
     out.push_str("  coverage (sum over seeds):\n");
     for (k, v) in &total.coverage {
         out.push_str(&format!("    {k:<32} {v}\n"));
