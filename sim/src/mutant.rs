@@ -312,14 +312,6 @@ impl Subject {
         }
     }
 
-    /// Whether the machine campaigns for `role`: it was added and not
-    /// stopped.
-    pub(crate) fn campaigns(&self, role: &Role) -> bool {
-        self.inner
-            .state(role)
-            .is_some_and(|s| !matches!(s, RoleState::Stopped))
-    }
-
     pub(crate) fn term(&self, role: &Role) -> Option<Term> {
         self.inner.term(role)
     }

@@ -154,17 +154,31 @@ impl RoleAvailability {
 #[derive(Debug, Clone, Copy, Default)]
 struct Track {
     now: RoleStatus,
+    /// Since when `now` holds: time is added up when the status changes.
+    since: SimTime,
     out: RoleAvailability,
     leaderless_since: Option<SimTime>,
     accountable_since: Option<SimTime>,
     reported: bool,
 }
 
+impl Track {
+    /// Adds the time since `since` to the totals of the status `now`.
+    fn settle(&mut self, at: SimTime) {
+        let dt = at.saturating_since(self.since);
+        self.since = self.since.max(at);
+        if self.now.led {
+            self.out.led += dt;
+        } else if self.now.healthy {
+            self.out.leaderless_healthy += dt;
+        }
+    }
+}
+
 /// The observer and invariant: per-role tracks.
 #[derive(Debug)]
 pub struct Availability {
     bound: Duration,
-    last: SimTime,
     roles: Vec<Track>,
 }
 
@@ -179,7 +193,6 @@ impl Availability {
     pub(crate) fn new(roles: usize, bound: Duration) -> Self {
         Self {
             bound,
-            last: SimTime::ZERO,
             roles: vec![Track::default(); roles],
         }
     }
@@ -189,23 +202,8 @@ impl Availability {
         self.bound
     }
 
-    /// Moves time to `at`: the time since the last step goes to the
-    /// statuses that step left.
-    pub(crate) fn advance(&mut self, at: SimTime) {
-        let dt = at.saturating_since(self.last);
-        self.last = self.last.max(at);
-        for t in &mut self.roles {
-            t.out.observed += dt;
-            if t.now.led {
-                t.out.led += dt;
-            } else if t.now.healthy {
-                t.out.leaderless_healthy += dt;
-            }
-        }
-    }
-
-    /// One step: time up to `at` was spent as at the previous step (call
-    /// [`Availability::advance`] first); from `at` on, `status`.
+    /// One step: time up to `at` was spent as at the previous step; from
+    /// `at` on, role `role` is in `status`. Steps come in time order.
     pub(crate) fn observe(
         &mut self,
         at: SimTime,
@@ -231,6 +229,11 @@ impl Availability {
                 ),
             });
         }
+        if status == t.now {
+            // Most steps change nothing here: the time is added up later.
+            return found;
+        }
+        t.settle(at);
         let leaderless = !status.led && status.healthy;
         match (leaderless, t.leaderless_since) {
             (true, None) => t.leaderless_since = Some(at),
@@ -266,10 +269,11 @@ impl Availability {
 
     /// Closes every open stretch at `at` and returns the per-role results.
     pub(crate) fn finish(&mut self, at: SimTime) -> Vec<RoleAvailability> {
-        self.advance(at);
         self.roles
             .iter_mut()
             .map(|t| {
+                t.settle(at);
+                t.out.observed = at.as_duration();
                 if let Some(from) = t.leaderless_since.take() {
                     longer(&mut t.out.longest_leaderless, from, at);
                 }
@@ -312,7 +316,6 @@ mod tests {
     };
 
     fn step(a: &mut Availability, at: u64, st: RoleStatus) -> Option<Violation> {
-        a.advance(s(at));
         a.observe(s(at), 0, st)
     }
 

@@ -96,7 +96,6 @@ impl Checker {
         changed: bool,
         cov: &mut Coverage,
     ) {
-        self.availability.advance(at);
         for (r, st) in status.iter().enumerate() {
             let v = self.availability.observe(at, r, *st);
             self.push(v);

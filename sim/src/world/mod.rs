@@ -82,6 +82,9 @@ struct Node {
     buffered: Vec<Ev>,
     /// Per role: the machine is in `Elect` waiting out a lease.
     elect_waiting: Vec<bool>,
+    /// Per role: the machine campaigns for it (added, not stopped), as of
+    /// its last input.
+    campaigning: Vec<bool>,
     /// Per role: when a release notification last arrived.
     notified_at: Vec<Option<SimTime>>,
     /// A graceful shutdown is in progress.
@@ -154,6 +157,8 @@ pub(crate) struct World {
     event_buf: Vec<regent_core::Event>,
     /// Scratch buffer of the per-role availability status of a step.
     status_buf: Vec<crate::invariants::availability::RoleStatus>,
+    /// Scratch buffer: the nodes healthy apart from the role, in a step.
+    ready_buf: Vec<usize>,
     /// Per role: the key of its advisory lock.
     lock_keys: Vec<crate::db::LockKey>,
 }
@@ -232,6 +237,7 @@ impl World {
                 last_wake: None,
                 buffered: Vec::new(),
                 elect_waiting: vec![false; cfg.roles],
+                campaigning: vec![false; cfg.roles],
                 notified_at: vec![None; cfg.roles],
                 shutting_down: false,
                 terminated_while_leading: vec![None; cfg.roles],
@@ -273,6 +279,7 @@ impl World {
             command_buf: Vec::new(),
             event_buf: Vec::new(),
             status_buf: Vec::new(),
+            ready_buf: Vec::new(),
             lock_keys: roles
                 .iter()
                 .map(|r| (Namespace::default(), r.clone()))

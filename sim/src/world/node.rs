@@ -167,6 +167,7 @@ impl World {
         let mut ends: Option<LocalInstant> = None;
         for (r, role) in self.roles.iter().enumerate() {
             let (state, belief) = s.view(role, local);
+            node.campaigning[r] = !matches!(state, None | Some(RoleState::Stopped));
             match state {
                 Some(RoleState::Elect { lead_at }) if lead_at > local => {
                     node.elect_waiting[r] = true;

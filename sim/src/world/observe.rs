@@ -159,8 +159,7 @@ impl World {
         }
         let db_now = self.db.now();
         let mut status = std::mem::take(&mut self.status_buf);
-        status.clear();
-        status.extend((0..self.roles.len()).map(|r| self.role_status(r)));
+        self.role_statuses(&mut status);
         self.checker.on_step(
             now,
             db_now,
@@ -195,41 +194,68 @@ impl World {
         }
     }
 
-    /// Role `r`'s availability status now (see
-    /// [`crate::invariants::availability`] for the definitions).
-    fn role_status(&self, r: usize) -> RoleStatus {
-        if !self.leaders[r].is_empty() {
-            return RoleStatus {
-                led: true,
-                healthy: false,
-                blocked: false,
-            };
+    /// Every role's availability status now (see
+    /// [`crate::invariants::availability`] for the definitions), into `out`.
+    fn role_statuses(&mut self, out: &mut Vec<RoleStatus>) {
+        out.clear();
+        let led = RoleStatus {
+            led: true,
+            healthy: false,
+            blocked: false,
+        };
+        if self.leaders.iter().all(|l| !l.is_empty()) {
+            out.resize(self.roles.len(), led);
+            return;
         }
-        let healthy = self.db.is_up() && (0..self.nodes.len()).any(|n| self.healthy(n, r));
+        // Nodes healthy apart from the role: reachable, with a live backend
+        // on the current session (found once per step, not per role).
+        let mut ready = std::mem::take(&mut self.ready_buf);
+        ready.clear();
+        if self.db.is_up() {
+            ready.extend((0..self.nodes.len()).filter(|&n| {
+                self.reachable(n)
+                    && self.nodes[n]
+                        .conn
+                        .and_then(|c| self.conns[c].pid)
+                        .is_some_and(|pid| self.db.is_alive(pid))
+            }));
+        }
+        for r in 0..self.roles.len() {
+            if !self.leaders[r].is_empty() {
+                out.push(led);
+                continue;
+            }
+            let healthy = ready.iter().any(|&n| self.nodes[n].campaigning[r]);
+            out.push(RoleStatus {
+                led: false,
+                healthy,
+                blocked: healthy && self.blocked(r),
+            });
+        }
+        self.ready_buf = ready;
+    }
+
+    /// Role `r`'s lock is held by a session of no healthy node that
+    /// preemption cannot reach.
+    fn blocked(&self, r: usize) -> bool {
         let preemptible = self.machine_cfg.preempt_zombies()
             && self.db.privilege() == TerminatePrivilege::Permitted;
         let key = &self.lock_keys[r];
-        let blocked = healthy
-            && self.db.lock_holder(key).is_some_and(|(pid, _)| {
-                // A session of no live incarnation (a zombie, a backend the
-                // server has not dropped yet) or of an unhealthy node...
-                let unhealthy = !self.by_pid.get(&pid).is_some_and(|&c| {
-                    let n = self.conns[c].node;
-                    self.nodes[n].conn == Some(c) && self.reachable(n)
-                });
-                // ...that preemption cannot reach: it is off or denied, or
-                // the lease row names another session (the holder took the
-                // lock but never claimed), and preemption only terminates
-                // the session the row names.
-                let reachable =
-                    preemptible && self.db.row(key).is_some_and(|row| row.session == Some(pid));
-                unhealthy && !reachable
+        self.db.lock_holder(key).is_some_and(|(pid, _)| {
+            // A session of no live incarnation (a zombie, a backend the
+            // server has not dropped yet) or of an unhealthy node...
+            let unhealthy = !self.by_pid.get(&pid).is_some_and(|&c| {
+                let n = self.conns[c].node;
+                self.nodes[n].conn == Some(c) && self.reachable(n)
             });
-        RoleStatus {
-            led: false,
-            healthy,
-            blocked,
-        }
+            // ...that preemption cannot reach: it is off or denied, or the
+            // lease row names another session (the holder took the lock but
+            // never claimed), and preemption only terminates the session
+            // the row names.
+            let reachable =
+                preemptible && self.db.row(key).is_some_and(|row| row.session == Some(pid));
+            unhealthy && !reachable
+        })
     }
 
     /// Node `n` runs and talks to the database: up, not paused, not cut off,
@@ -237,20 +263,6 @@ impl World {
     fn reachable(&self, n: usize) -> bool {
         let node = &self.nodes[n];
         node.up() && !node.paused() && node.cut.is_none() && !node.shutting_down
-    }
-
-    /// Node `n` is healthy for role `r`: reachable, with a live backend on
-    /// its current session, and campaigning for `r`.
-    fn healthy(&self, n: usize, r: usize) -> bool {
-        self.reachable(n)
-            && self.nodes[n]
-                .conn
-                .and_then(|c| self.conns[c].pid)
-                .is_some_and(|pid| self.db.is_alive(pid))
-            && self.nodes[n]
-                .subject
-                .as_ref()
-                .is_some_and(|s| s.campaigns(&self.roles[r]))
     }
 
     /// Brings `leaders` and `terms` up to date with the beliefs, and the
