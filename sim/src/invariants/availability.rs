@@ -64,7 +64,7 @@ use std::time::Duration;
 
 use regent_core::Config;
 
-use crate::report::Violation;
+use crate::report::{Coverage, Violation};
 use crate::time::SimTime;
 
 /// How long a role may stay leaderless while a healthy node campaigns for
@@ -209,6 +209,7 @@ impl Availability {
         at: SimTime,
         role: usize,
         status: RoleStatus,
+        cov: &mut Coverage,
     ) -> Option<Violation> {
         let bound = self.bound;
         let t = self.roles.get_mut(role)?;
@@ -234,6 +235,9 @@ impl Availability {
             return found;
         }
         t.settle(at);
+        if status.blocked && !t.now.blocked {
+            *cov.entry("availability_lock_blocked").or_default() += 1;
+        }
         let leaderless = !status.led && status.healthy;
         match (leaderless, t.leaderless_since) {
             (true, None) => t.leaderless_since = Some(at),
@@ -316,7 +320,7 @@ mod tests {
     };
 
     fn step(a: &mut Availability, at: u64, st: RoleStatus) -> Option<Violation> {
-        a.observe(s(at), 0, st)
+        a.observe(s(at), 0, st, &mut Coverage::new())
     }
 
     #[test]
@@ -400,6 +404,22 @@ mod tests {
         b.holder_faulted(s(5), 0);
         assert!(step(&mut b, 10, LED).is_none());
         assert_eq!(b.finish(s(10))[0].longest_accountable, Stretch::default());
+    }
+
+    #[test]
+    fn entering_a_blocked_lock_is_counted_once() {
+        let mut a = Availability::new(1, Duration::from_secs(20));
+        let mut cov = Coverage::new();
+        for (at, st) in [
+            (0, WAITING),
+            (1, BLOCKED),
+            (2, BLOCKED),
+            (3, LED),
+            (4, BLOCKED),
+        ] {
+            assert!(a.observe(s(at), 0, st, &mut cov).is_none());
+        }
+        assert_eq!(cov.get("availability_lock_blocked"), Some(&2));
     }
 
     #[test]

@@ -97,7 +97,7 @@ impl Checker {
         cov: &mut Coverage,
     ) {
         for (r, st) in status.iter().enumerate() {
-            let v = self.availability.observe(at, r, *st);
+            let v = self.availability.observe(at, r, *st, cov);
             self.push(v);
         }
         if self.lease_covers.take_shortened() {
