@@ -67,7 +67,7 @@
 //! Every report ends with `reproduce with: cargo run --release -- sim --seed
 //! N --nodes .. --roles .. --minutes .. --faults ..` (the `regent` CLI), and
 //! a failing report carries a per-node timeline ([`SimReport::timeline`],
-//! [`SimReport::svg`]) and the last log entries. [`sweep`] runs many seeds on every core, with
+//! [`SimReport::svg`]) and the last log entries. [`sweep()`] runs many seeds on every core, with
 //! the same result as one thread ([`sweep_jobs`]).
 
 #![forbid(unsafe_code)]

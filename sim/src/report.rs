@@ -230,7 +230,7 @@ pub struct SweepReport {
     /// Seeds run.
     pub seeds: u64,
     /// Every seed run, in the order added (seed order for the sweeps of
-    /// [`crate::sweep`]).
+    /// [`mod@crate::sweep`]).
     pub runs: Vec<RunSummary>,
     /// Reports of the seeds that failed (all of them if the sweep did not
     /// stop at the first).

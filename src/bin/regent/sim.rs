@@ -185,3 +185,50 @@ fn summary(total: &SweepReport, wall: Duration, jobs: NonZeroUsize) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use regent::sim::{default_jobs, sweep_jobs};
+
+    use super::*;
+
+    #[test]
+    fn jobs_must_be_positive() {
+        assert!(crate::Cli::try_parse_from(["regent", "sim", "--jobs", "0"]).is_err());
+        assert!(crate::Cli::try_parse_from(["regent", "sim", "--jobs", "3"]).is_ok());
+    }
+
+    #[test]
+    fn the_summary_shows_speed_per_core_and_availability() {
+        let base = SimConfig {
+            nodes: 3,
+            roles: 2,
+            duration: Duration::from_secs(60),
+            ..SimConfig::default()
+        };
+        let jobs = NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN);
+        let total = sweep_jobs(&base, 0..4, jobs);
+        let text = summary(&total, Duration::from_secs(1), jobs);
+        let cores = jobs.min(default_jobs());
+        assert!(
+            text.contains(&format!("{jobs} ({cores} cores busy)")),
+            "{text}"
+        );
+        // 4 minutes simulated in one second: 4 cluster-hours per minute.
+        assert!(
+            text.contains("cluster-hours per wall-minute      4\n"),
+            "{text}"
+        );
+        let per_core = 4.0 / cores.get() as f64;
+        assert!(
+            text.contains(&format!("per wall-minute per core {per_core:.0}\n")),
+            "{text}"
+        );
+        assert!(text.contains("fraction of time led: worst "), "{text}");
+        assert!(
+            text.contains("of it without a blocked lock: worst "),
+            "{text}"
+        );
+    }
+}
