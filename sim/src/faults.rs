@@ -165,6 +165,9 @@ pub struct FaultKnobs {
     pub resign_every: Duration,
 }
 
+/// The longest network delay spike any seed can draw.
+pub(crate) const SPIKE_MAX: Duration = Duration::from_secs(4);
+
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
@@ -214,7 +217,7 @@ impl FaultKnobs {
             } else {
                 0.0
             },
-            spike_max: rng.between(Duration::from_millis(200), secs(4)),
+            spike_max: rng.between(Duration::from_millis(200), SPIKE_MAX),
             reorder: on(FaultKind::Network) && rng.chance(0.5),
             reply_loss: if on(FaultKind::ReplyLoss) {
                 rng.between_f64(0.0, 0.05)

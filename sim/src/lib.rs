@@ -54,7 +54,11 @@
 //! See [`invariants`]: one leader at a time (`WaitForLease`), every belief
 //! covered by a database lease, fencing, increasing terms, no re-entrant
 //! lock, the machine's command contract, notification after unlock,
-//! liveness after healing; plus "sometimes" coverage counters that prove
+//! liveness after healing, and availability: per role the fraction of time
+//! led and the longest leaderless stretch while a healthy node campaigned
+//! are measured ([`SimReport::availability`]) and that stretch is bounded
+//! unless an unreachable session blocked the lock
+//! ([`invariants::availability`]); plus "sometimes" coverage counters that prove
 //! the dangerous paths ran. The [`mutant`]s are deliberately
 //! broken machines that these checks catch within a few seeds.
 //!
@@ -63,7 +67,8 @@
 //! Every report ends with `reproduce with: cargo run --release -- sim --seed
 //! N --nodes .. --roles .. --minutes .. --faults ..` (the `regent` CLI), and
 //! a failing report carries a per-node timeline ([`SimReport::timeline`],
-//! [`SimReport::svg`]) and the last log entries. [`sweep`] runs many seeds.
+//! [`SimReport::svg`]) and the last log entries. [`sweep()`] runs many seeds on every core, with
+//! the same result as one thread ([`sweep_jobs`]).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -78,18 +83,18 @@ pub mod mutant;
 pub mod report;
 pub mod rng;
 pub mod strategies;
+pub mod sweep;
 pub mod time;
 mod timeline;
 mod world;
-
-use std::ops::Range;
 
 pub use config::{FaultKind, FaultSelection, ParseError, SimConfig, parse_policy, policy_name};
 pub use db::SimDb;
 pub use faults::{Direction, Fault, FaultKnobs, ScheduledFault};
 pub use mutant::Mutant;
 pub use regent_core::TakeoverPolicy;
-pub use report::{Coverage, SimReport, SweepReport, Violation};
+pub use report::{Coverage, RunSummary, SimReport, Spread, SweepReport, Violation};
+pub use sweep::{default_jobs, sweep, sweep_each, sweep_jobs};
 pub use time::SimTime;
 pub use world::SimError;
 
@@ -112,6 +117,7 @@ pub fn run(config: &SimConfig) -> SimReport {
         Err(e) => SimReport {
             config: config.clone(),
             knobs: Vec::new(),
+            availability: Vec::new(),
             violations: vec![Violation {
                 at: SimTime::ZERO,
                 invariant: "setup",
@@ -128,19 +134,4 @@ pub fn run(config: &SimConfig) -> SimReport {
             reproduce: config.reproduce_line(),
         },
     }
-}
-
-/// Runs `base` once per seed in `seeds`; stops at the first failing seed
-/// when `base.stop_at_first_violation` is set.
-pub fn sweep(base: &SimConfig, seeds: Range<u64>) -> SweepReport {
-    let mut out = SweepReport::default();
-    for seed in seeds {
-        let report = run(&base.with_seed(seed));
-        let failed = !report.passed();
-        out.add(report);
-        if failed && base.stop_at_first_violation {
-            break;
-        }
-    }
-    out
 }

@@ -48,10 +48,18 @@ fn notifies_before_unlock_is_caught() {
 #[test]
 fn trusts_wall_clock_is_caught() {
     // A wall clock behind the database makes the node wait past its own
-    // deadline and never lead (liveness); one ahead makes it lead early.
+    // deadline and never lead (liveness, or availability when it is the
+    // only healthy candidate for longer than the bound); one ahead makes
+    // it lead early.
     caught(
         Mutant::TrustsWallClock,
-        &["one_leader", "lease_covers", "terms", "liveness"],
+        &[
+            "one_leader",
+            "lease_covers",
+            "terms",
+            "liveness",
+            "availability",
+        ],
     );
 }
 

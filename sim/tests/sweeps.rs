@@ -36,6 +36,9 @@ fn wait_for_lease_2000_seeds_all_faults() {
         "live_session_preempted",
         "session_close_seen_by_driver",
         "terminated_leader_stepped_down_in_time",
+        // Availability excused a zombie-held lock (preemption off, denied
+        // or unable to reach it).
+        "availability_lock_blocked",
     ] {
         assert!(
             report.coverage.get(key).copied().unwrap_or(0) > 0,

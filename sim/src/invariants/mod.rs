@@ -10,9 +10,11 @@
 //! | [`command_contract`] | always | the machine keeps its driver contract: one command per kind / per role's lock in flight |
 //! | [`notify_order`] | always | a release is announced only after its lock is free |
 //! | [`liveness`] | eventually | after every fault heals, every role is led within a bound |
+//! | [`availability`] | measured, bounded | per role: fraction of time led; no leader for longer than a bound while a healthy node campaigns and no unremovable session holds the lock |
 //!
 //! "Sometimes" coverage is counted in [`crate::SimReport::coverage`].
 
+pub mod availability;
 pub mod command_contract;
 pub mod fencing;
 pub mod lease_covers;
@@ -40,6 +42,7 @@ pub(crate) struct Checker {
     pub(crate) reentry: no_reentry::NoReentry,
     pub(crate) contract: Option<command_contract::CommandContract>,
     pub(crate) liveness: liveness::Liveness,
+    pub(crate) availability: availability::Availability,
     pub(crate) violations: Vec<Violation>,
     /// While the believers stay the same and no lease end moves earlier:
     /// the earliest lease end among them (every one was covered when it
@@ -54,6 +57,7 @@ impl Checker {
         roles: usize,
         policy: TakeoverPolicy,
         bound: Duration,
+        availability_bound: Duration,
         real_machine: bool,
     ) -> Self {
         Self {
@@ -65,6 +69,7 @@ impl Checker {
             reentry: no_reentry::NoReentry,
             contract: real_machine.then(|| command_contract::CommandContract::new(nodes)),
             liveness: liveness::Liveness::new(roles, bound),
+            availability: availability::Availability::new(roles, availability_bound),
             violations: Vec::new(),
             covered_until: None,
         }
@@ -77,17 +82,24 @@ impl Checker {
     }
 
     /// After every step: who believes it leads each role right now, with
-    /// the term each believes it holds. `changed` is false when `leaders`
-    /// and `terms` are exactly as at the previous step.
+    /// the term each believes it holds, and each role's availability
+    /// status. `changed` is false when `leaders` and `terms` are exactly as
+    /// at the previous step.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_step(
         &mut self,
         at: SimTime,
         db_now: DbTimestamp,
         leaders: &[Vec<usize>],
         terms: &[Vec<Option<Term>>],
+        status: &[availability::RoleStatus],
         changed: bool,
         cov: &mut Coverage,
     ) {
+        for (r, st) in status.iter().enumerate() {
+            let v = self.availability.observe(at, r, *st, cov);
+            self.push(v);
+        }
         if self.lease_covers.take_shortened() {
             self.covered_until = None;
         }

@@ -55,6 +55,7 @@ impl World {
                 if !self.nodes[n].up() || self.nodes[n].paused() {
                     return;
                 }
+                self.fault_hits(Some(n), None);
                 let until = self.now + duration;
                 self.nodes[n].paused_until = Some(until);
                 self.nodes[n].wake = None;
@@ -73,6 +74,7 @@ impl World {
                 duration,
             } => {
                 let n = node % nodes;
+                self.fault_hits(Some(n), None);
                 let until = self.now + duration;
                 let now = self.now;
                 if self.nodes[n].cut.is_none() {
@@ -122,6 +124,7 @@ impl World {
                     return;
                 }
                 let pid = pids[pick % pids.len()];
+                self.fault_hits(None, Some(pid));
                 self.db.end_session(pid, SessionEnd::OperatorTerminated);
                 let now = self.now;
                 let node = self.by_pid.get(&pid).map(|&c| self.conns[c].node);
@@ -141,6 +144,7 @@ impl World {
         if !self.nodes[n].up() {
             return;
         }
+        self.fault_hits(Some(n), None);
         let now = self.now;
         self.nodes[n].subject = None;
         self.nodes[n].dirty = true;

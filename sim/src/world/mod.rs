@@ -82,6 +82,9 @@ struct Node {
     buffered: Vec<Ev>,
     /// Per role: the machine is in `Elect` waiting out a lease.
     elect_waiting: Vec<bool>,
+    /// Per role: the machine campaigns for it (added, not stopped), as of
+    /// its last input.
+    campaigning: Vec<bool>,
     /// Per role: when a release notification last arrived.
     notified_at: Vec<Option<SimTime>>,
     /// A graceful shutdown is in progress.
@@ -152,6 +155,12 @@ pub(crate) struct World {
     /// Scratch buffers of [`World::pump`], kept to reuse their allocations.
     command_buf: Vec<Command>,
     event_buf: Vec<regent_core::Event>,
+    /// Scratch buffer of the per-role availability status of a step.
+    status_buf: Vec<crate::invariants::availability::RoleStatus>,
+    /// Scratch buffer: the nodes healthy apart from the role, in a step.
+    ready_buf: Vec<usize>,
+    /// Per role: the key of its advisory lock.
+    lock_keys: Vec<crate::db::LockKey>,
 }
 
 /// How long after the heal every role must have been led.
@@ -185,6 +194,11 @@ impl World {
             .preempt_zombies(knobs.preempt_zombies)
             .build()?;
         let bound = liveness_bound(&machine_cfg, KEEPALIVE_MAX);
+        let availability_bound = crate::invariants::availability::bound(
+            &machine_cfg,
+            KEEPALIVE_MAX,
+            crate::faults::SPIKE_MAX,
+        );
         let end = SimTime::from_duration(cfg.duration);
         let heal_at =
             SimTime::from_duration(cfg.duration.saturating_sub(bound + Duration::from_secs(1)));
@@ -223,6 +237,7 @@ impl World {
                 last_wake: None,
                 buffered: Vec::new(),
                 elect_waiting: vec![false; cfg.roles],
+                campaigning: vec![false; cfg.roles],
                 notified_at: vec![None; cfg.roles],
                 shutting_down: false,
                 terminated_while_leading: vec![None; cfg.roles],
@@ -253,6 +268,7 @@ impl World {
                 cfg.roles,
                 cfg.policy,
                 bound,
+                availability_bound,
                 cfg.mutant.is_none(),
             ),
             cov: Coverage::new(),
@@ -262,6 +278,12 @@ impl World {
             beliefs_changed: false,
             command_buf: Vec::new(),
             event_buf: Vec::new(),
+            status_buf: Vec::new(),
+            ready_buf: Vec::new(),
+            lock_keys: roles
+                .iter()
+                .map(|r| (Namespace::default(), r.clone()))
+                .collect(),
             roles,
             nodes,
             conns: Vec::new(),
@@ -281,11 +303,12 @@ impl World {
             ));
         }
         lines.push(format!(
-            "policy {}, mutant {}, heal at {}, liveness bound {:.1}s",
+            "policy {}, mutant {}, heal at {}, liveness bound {:.1}s, availability bound {:.1}s",
             crate::config::policy_name(self.cfg.policy),
             self.cfg.mutant.map_or("none", |m| m.name()),
             self.heal_at,
-            self.checker.liveness.bound().as_secs_f64()
+            self.checker.liveness.bound().as_secs_f64(),
+            self.checker.availability.bound().as_secs_f64()
         ));
         lines
     }
@@ -433,6 +456,7 @@ impl World {
             knobs.push(format!("explicit schedule: {s:?}"));
         }
         SimReport {
+            availability: self.checker.availability.finish(now),
             knobs,
             violations: self.checker.violations,
             coverage: {

@@ -167,6 +167,7 @@ impl World {
         let mut ends: Option<LocalInstant> = None;
         for (r, role) in self.roles.iter().enumerate() {
             let (state, belief) = s.view(role, local);
+            node.campaigning[r] = !matches!(state, None | Some(RoleState::Stopped));
             match state {
                 Some(RoleState::Elect { lead_at }) if lead_at > local => {
                     node.elect_waiting[r] = true;
@@ -252,18 +253,43 @@ impl World {
 
     /// One network delay, with occasional spikes while faults are active.
     pub(super) fn delay(&mut self) -> Duration {
+        self.draw_delay().0
+    }
+
+    /// One network delay of a message on node `n`'s session; a spike is a
+    /// fault that hits the node (see [`World::fault_hits`]).
+    pub(super) fn delay_on(&mut self, n: usize) -> Duration {
+        let (d, spiked) = self.draw_delay();
+        if spiked {
+            self.fault_hits(Some(n), None);
+        }
+        d
+    }
+
+    fn draw_delay(&mut self) -> (Duration, bool) {
         let (lo, hi) = self.knobs.delay;
         let mut d = self.rng.between(lo, hi);
-        if !self.healed && self.rng.chance(self.knobs.spike) {
+        let spiked = !self.healed && self.rng.chance(self.knobs.spike);
+        if spiked {
             d += self.rng.between(Duration::ZERO, self.knobs.spike_max);
             self.count("message_delay_spike");
         }
-        d
+        (d, spiked)
     }
 
     /// Whether a message is lost to random loss.
     pub(super) fn lost(&mut self) -> bool {
         !self.healed && self.rng.chance(self.knobs.loss)
+    }
+
+    /// Whether a message on node `n`'s session is lost to random loss; a
+    /// loss is a fault that hits the node (see [`World::fault_hits`]).
+    pub(super) fn lost_on(&mut self, n: usize) -> bool {
+        let lost = self.lost();
+        if lost {
+            self.fault_hits(Some(n), None);
+        }
+        lost
     }
 
     /// Sends a request on connection `c`; returns whether it left.
@@ -273,12 +299,12 @@ impl World {
             self.count("message_lost_partition");
             return false;
         }
-        if self.lost() {
+        if self.lost_on(n) {
             self.log(n, "lost:request", None, 0, 0);
             self.count("message_lost");
             return false;
         }
-        let d = self.delay();
+        let d = self.delay_on(n);
         let at = (self.now + d).max(self.conns[c].req_fifo);
         self.conns[c].req_fifo = at;
         self.schedule(at, Ev::ToDb { conn: c, req });

@@ -6,6 +6,8 @@ use std::time::Duration;
 use regent_core::{Event, LocalInstant, StepDownReason};
 
 use super::{Ev, World};
+use crate::db::TerminatePrivilege;
+use crate::invariants::availability::RoleStatus;
 use crate::time::SimTime;
 use crate::timeline::Tag;
 
@@ -156,14 +158,111 @@ impl World {
             self.sync_leaders(now);
         }
         let db_now = self.db.now();
+        let mut status = std::mem::take(&mut self.status_buf);
+        self.role_statuses(&mut status);
         self.checker.on_step(
             now,
             db_now,
             &self.leaders,
             &self.terms,
+            &status,
             changed,
             &mut self.cov,
         );
+        self.status_buf = status;
+    }
+
+    /// A fault is about to hit node `n` (or, with `pid`, that one session):
+    /// roles whose lock its current session holds restart their
+    /// accountable leaderless stretch (see
+    /// [`crate::invariants::availability`]).
+    pub(super) fn fault_hits(&mut self, n: Option<usize>, pid: Option<crate::db::Pid>) {
+        let now = self.now;
+        for r in 0..self.roles.len() {
+            let Some((holder, _)) = self.db.lock_holder(&self.lock_keys[r]) else {
+                continue;
+            };
+            let hit = pid == Some(holder)
+                || n.is_some_and(|n| {
+                    self.nodes[n]
+                        .conn
+                        .is_some_and(|c| self.conns[c].pid == Some(holder))
+                });
+            if hit {
+                self.checker.availability.holder_faulted(now, r);
+            }
+        }
+    }
+
+    /// Every role's availability status now (see
+    /// [`crate::invariants::availability`] for the definitions), into `out`.
+    fn role_statuses(&mut self, out: &mut Vec<RoleStatus>) {
+        out.clear();
+        let led = RoleStatus {
+            led: true,
+            healthy: false,
+            blocked: false,
+        };
+        if self.leaders.iter().all(|l| !l.is_empty()) {
+            out.resize(self.roles.len(), led);
+            return;
+        }
+        // Nodes healthy apart from the role: reachable, with a live backend
+        // on the current session (found once per step, not per role).
+        let mut ready = std::mem::take(&mut self.ready_buf);
+        ready.clear();
+        if self.db.is_up() {
+            ready.extend((0..self.nodes.len()).filter(|&n| {
+                self.reachable(n)
+                    && self.nodes[n]
+                        .conn
+                        .and_then(|c| self.conns[c].pid)
+                        .is_some_and(|pid| self.db.is_alive(pid))
+            }));
+        }
+        for r in 0..self.roles.len() {
+            if !self.leaders[r].is_empty() {
+                out.push(led);
+                continue;
+            }
+            let healthy = ready.iter().any(|&n| self.nodes[n].campaigning[r]);
+            out.push(RoleStatus {
+                led: false,
+                healthy,
+                blocked: healthy && self.blocked(r),
+            });
+        }
+        self.ready_buf = ready;
+    }
+
+    /// Role `r`'s lock is held by a session of no healthy node that
+    /// preemption cannot reach.
+    fn blocked(&self, r: usize) -> bool {
+        let preemptible = self.machine_cfg.preempt_zombies()
+            && self.db.privilege() == TerminatePrivilege::Permitted;
+        let key = &self.lock_keys[r];
+        self.db.lock_holder(key).is_some_and(|(pid, _)| {
+            // A session of no live incarnation (a zombie, a backend the
+            // server has not dropped yet) or of an unhealthy node...
+            let unhealthy = !self.by_pid.get(&pid).is_some_and(|&c| {
+                let n = self.conns[c].node;
+                self.nodes[n].conn == Some(c) && self.reachable(n)
+            });
+            // ...that preemption cannot reach: it is off or denied, or the
+            // lease row names another session (the holder took the lock but
+            // never claimed), and preemption only terminates the session
+            // the row names.
+            let reachable =
+                preemptible && self.db.row(key).is_some_and(|row| row.session == Some(pid));
+            unhealthy && !reachable
+        })
+    }
+
+    /// Node `n` runs and talks to the database: up, not paused, not cut off,
+    /// not shutting down.
+    fn reachable(&self, n: usize) -> bool {
+        let node = &self.nodes[n];
+        node.up() && !node.paused() && node.cut.is_none() && !node.shutting_down
     }
 
     /// Brings `leaders` and `terms` up to date with the beliefs, and the

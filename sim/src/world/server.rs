@@ -188,16 +188,17 @@ impl World {
             self.count("message_lost_partition");
             return;
         }
-        if self.lost() {
+        if self.lost_on(n) {
             self.count("message_lost");
             return;
         }
         if !self.healed && self.rng.chance(self.knobs.reply_loss) {
             self.log(n, "lost:reply_after_apply", None, id.0, 0);
             self.count("reply_lost_after_apply");
+            self.fault_hits(Some(n), None);
             return;
         }
-        let d = self.delay();
+        let d = self.delay_on(n);
         let mut at = self.now + d;
         if !self.knobs.reorder {
             at = at.max(self.conns[c].reply_fifo);

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use regent_sim::{SimConfig, SweepReport, run};
+use regent_sim::{SimConfig, SweepReport, default_jobs, sweep_each};
 
 /// The shape used by CI sweeps: 3–5 nodes × 2–3 roles, varied by seed,
 /// three simulated minutes each (the last ~37 s are the liveness phase).
@@ -17,16 +17,11 @@ pub fn ci_config(seed: u64) -> SimConfig {
     }
 }
 
-/// Runs `make(seed)` for every seed; stops at the first failure.
-pub fn sweep_with(seeds: std::ops::Range<u64>, make: impl Fn(u64) -> SimConfig) -> SweepReport {
-    let mut out = SweepReport::default();
-    for seed in seeds {
-        let report = run(&make(seed));
-        let failed = !report.passed();
-        out.add(report);
-        if failed {
-            break;
-        }
-    }
-    out
+/// Runs `make(seed)` for every seed on every core; stops at the first
+/// failure (the report is the one-thread report, see `regent_sim::sweep`).
+pub fn sweep_with(
+    seeds: std::ops::Range<u64>,
+    make: impl Fn(u64) -> SimConfig + Sync,
+) -> SweepReport {
+    sweep_each(seeds, default_jobs(), true, make, |_| {})
 }

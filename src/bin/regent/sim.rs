@@ -1,10 +1,11 @@
 //! `regent sim`: one seed with a report, or a sweep of many seeds.
 
 use std::io::Write;
+use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use regent::sim::{FaultSelection, Mutant, SimConfig, SweepReport, parse_policy};
+use regent::sim::{FaultSelection, Mutant, SimConfig, SweepReport, default_jobs, parse_policy};
 
 use crate::{CliError, EXIT_VIOLATION};
 
@@ -44,6 +45,10 @@ pub(crate) struct SimArgs {
     /// Keep going after a violation in a sweep.
     #[arg(long)]
     keep_going: bool,
+    /// Threads a sweep runs on (default: every core). Per-seed results are
+    /// the same whatever the number.
+    #[arg(long)]
+    jobs: Option<NonZeroUsize>,
 }
 
 impl SimArgs {
@@ -104,17 +109,15 @@ fn single(args: &SimArgs, config: &SimConfig) -> Result<u8, CliError> {
 
 fn sweep(args: &SimArgs, config: &SimConfig, n: u64) -> Result<u8, CliError> {
     let started = Instant::now();
-    let mut total = SweepReport::default();
+    let jobs = args.jobs.unwrap_or_else(default_jobs);
     let mut stderr = std::io::stderr();
     let first = args.seed;
     let mut last_draw = Instant::now() - Duration::from_secs(1);
-    for seed in first..first.saturating_add(n) {
-        let report = regent::sim::run(&config.with_seed(seed));
-        let failed = !report.passed();
-        total.add(report);
-        if last_draw.elapsed() >= Duration::from_millis(200) || seed + 1 == first + n || failed {
+    let progress = |total: &SweepReport| {
+        let done = total.seeds;
+        let failed = total.runs.last().is_some_and(|r| !r.passed);
+        if last_draw.elapsed() >= Duration::from_millis(200) || done == n || failed {
             last_draw = Instant::now();
-            let done = total.seeds;
             let width = 30u64;
             let filled = (done * width / n) as usize;
             let _ = write!(
@@ -126,13 +129,17 @@ fn sweep(args: &SimArgs, config: &SimConfig, n: u64) -> Result<u8, CliError> {
             );
             let _ = stderr.flush();
         }
-        if failed && !args.keep_going {
-            break;
-        }
-    }
-    let _ = writeln!(stderr);
+    };
+    let total = regent::sim::sweep_each(
+        first..first.saturating_add(n),
+        jobs,
+        !args.keep_going,
+        |seed| config.with_seed(seed),
+        progress,
+    );
+    let _ = writeln!(std::io::stderr());
     let wall = started.elapsed();
-    println!("{}", summary(&total, wall));
+    println!("{}", summary(&total, wall, jobs));
     if let Some(fail) = total.failures.first() {
         println!("first violation (seed {}):", fail.config.seed);
         print!("{fail}");
@@ -141,7 +148,7 @@ fn sweep(args: &SimArgs, config: &SimConfig, n: u64) -> Result<u8, CliError> {
     Ok(0)
 }
 
-fn summary(total: &SweepReport, wall: Duration) -> String {
+fn summary(total: &SweepReport, wall: Duration, jobs: NonZeroUsize) -> String {
     let hours = total.simulated.as_secs_f64() / 3600.0;
     let mut out = String::new();
     let mut row = |k: &str, v: String| out.push_str(&format!("  {k:<34} {v}\n"));
@@ -149,16 +156,79 @@ fn summary(total: &SweepReport, wall: Duration) -> String {
     row("simulated cluster-hours", format!("{hours:.1}"));
     row("events", total.events.to_string());
     row("violations", total.failures.len().to_string());
+    // Threads beyond the cores (or the seeds) add no speed: per core means
+    // per core actually busy.
+    let cores = jobs
+        .get()
+        .min(default_jobs().get())
+        .min(usize::try_from(total.seeds).unwrap_or(usize::MAX))
+        .max(1);
+    row("jobs (threads)", format!("{jobs} ({cores} cores busy)"));
     row("wall time", format!("{wall:.2?}"));
     let per_min = if wall.as_secs_f64() > 0.0 {
         hours / (wall.as_secs_f64() / 60.0)
     } else {
         0.0
     };
-    row("simulated hours per wall-minute", format!("{per_min:.0}"));
+    row("cluster-hours per wall-minute", format!("{per_min:.0}"));
+    row(
+        "cluster-hours per wall-minute per core",
+        format!("{:.0}", per_min / cores as f64),
+    );
+    out.push_str("  availability (per seed: worst, median):\n");
+    for line in total.availability_lines() {
+        out.push_str(&format!("    {line}\n"));
+    }
     out.push_str("  coverage (sum over seeds):\n");
     for (k, v) in &total.coverage {
         out.push_str(&format!("    {k:<32} {v}\n"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use regent::sim::{default_jobs, sweep_jobs};
+
+    use super::*;
+
+    #[test]
+    fn jobs_must_be_positive() {
+        assert!(crate::Cli::try_parse_from(["regent", "sim", "--jobs", "0"]).is_err());
+        assert!(crate::Cli::try_parse_from(["regent", "sim", "--jobs", "3"]).is_ok());
+    }
+
+    #[test]
+    fn the_summary_shows_speed_per_core_and_availability() {
+        let base = SimConfig {
+            nodes: 3,
+            roles: 2,
+            duration: Duration::from_secs(60),
+            ..SimConfig::default()
+        };
+        let jobs = NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN);
+        let total = sweep_jobs(&base, 0..4, jobs);
+        let text = summary(&total, Duration::from_secs(1), jobs);
+        let cores = jobs.min(default_jobs());
+        assert!(
+            text.contains(&format!("{jobs} ({cores} cores busy)")),
+            "{text}"
+        );
+        // 4 minutes simulated in one second: 4 cluster-hours per minute.
+        assert!(
+            text.contains("cluster-hours per wall-minute      4\n"),
+            "{text}"
+        );
+        let per_core = 4.0 / cores.get() as f64;
+        assert!(
+            text.contains(&format!("per wall-minute per core {per_core:.0}\n")),
+            "{text}"
+        );
+        assert!(text.contains("fraction of time led: worst "), "{text}");
+        assert!(
+            text.contains("of it without a blocked lock: worst "),
+            "{text}"
+        );
+    }
 }

@@ -1,0 +1,153 @@
+//! Availability is measured per role, shown in the report, and bounded.
+
+use std::time::Duration;
+
+use regent_sim::{Fault, FaultSelection, ScheduledFault, SimConfig, SimReport, run};
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// The bound the report states on its knobs line.
+fn stated_bound(report: &SimReport) -> Duration {
+    let line = report
+        .knobs
+        .iter()
+        .find_map(|l| l.split("availability bound ").nth(1))
+        .expect("the knobs name the availability bound");
+    Duration::from_secs_f64(line.trim_end_matches('s').parse().expect("seconds"))
+}
+
+#[test]
+fn a_calm_cluster_is_led_all_the_time() {
+    let report = run(&SimConfig {
+        seed: 11,
+        nodes: 3,
+        roles: 2,
+        duration: secs(600),
+        faults: FaultSelection::None,
+        ..SimConfig::default()
+    });
+    assert!(report.passed(), "{report}");
+    assert_eq!(report.availability.len(), 2);
+    for a in &report.availability {
+        assert_eq!(a.observed, secs(600));
+        // Resignations and stopped roles still cost a few handovers.
+        assert!(a.fraction_led() > 0.99, "{report}");
+        assert!(a.longest_accountable.length < secs(3), "{report}");
+    }
+    let text = report.to_string();
+    assert!(text.contains("availability (led = some is_leader() true"));
+    assert!(text.contains("r1 "), "{text}");
+}
+
+/// The evidence: `regent sim --seed 42 --nodes 5 --roles 3
+/// --minutes 10 --faults all` runs without zombie preemption, and zombies
+/// of crashed nodes keep every lock from ~100 s for ~300 s while healthy
+/// nodes wait. That is measured and shown; the invariant excuses it (the
+/// lock is blocked), and the run passes.
+#[test]
+fn zombie_held_locks_are_measured_but_excused() {
+    let report = run(&SimConfig {
+        seed: 42,
+        nodes: 5,
+        roles: 3,
+        duration: secs(600),
+        faults: FaultSelection::All,
+        ..SimConfig::default()
+    });
+    assert!(report.passed(), "{report}");
+    assert!(
+        report
+            .knobs
+            .iter()
+            .any(|l| l.contains("preempt zombies: false")),
+        "{report}"
+    );
+    let bound = stated_bound(&report);
+    for a in &report.availability {
+        let s = a.longest_leaderless;
+        assert!(s.length > secs(250), "{report}");
+        assert!(
+            s.from.as_duration() >= secs(90) && s.from.as_duration() <= secs(110),
+            "{report}"
+        );
+        assert!(a.longest_accountable.length <= bound, "{report}");
+        assert!(a.fraction_led() < 0.6, "{report}");
+    }
+}
+
+/// A leader killed without a zombie is replaced after its lease: the
+/// leaderless stretch is real (most of a lease) and within the bound.
+#[test]
+fn a_crashed_leader_costs_about_one_lease() {
+    let crash = |node| ScheduledFault {
+        at: secs(60),
+        fault: Fault::Crash {
+            node,
+            down_for: secs(200),
+            zombie: false,
+        },
+    };
+    let report = run(&SimConfig {
+        seed: 5,
+        nodes: 3,
+        roles: 1,
+        duration: secs(180),
+        faults: FaultSelection::None,
+        // n0 (the leader) and n1 die; n2 must take over after the lease.
+        schedule: Some(vec![crash(0), crash(1)]),
+        ..SimConfig::default()
+    });
+    assert!(report.passed(), "{report}");
+    let a = report.availability[0];
+    let bound = stated_bound(&report);
+    // n0 led at 60 s (seed 5): the stretch starts with its crash...
+    assert_eq!(
+        a.longest_leaderless.from.as_duration(),
+        secs(60),
+        "{report}"
+    );
+    // ...and lasts most of a lease (the server drops the dead session by
+    // keepalive, then n2 waits out the lease), within the bound.
+    assert!(a.longest_leaderless.length >= secs(5), "{report}");
+    assert!(a.longest_leaderless.length <= bound, "{report}");
+    assert!(a.longest_accountable.length <= a.longest_leaderless.length);
+    assert!(a.fraction_led() > 0.9 && a.fraction_led() < 1.0, "{report}");
+}
+
+/// A known gap in the machine, caught by the invariant (not fixed here:
+/// the machine lives in `regent-core`). A node sends one `Preempt` at a
+/// time and looks at roles in the same order every round, so a futile
+/// preemption of r0 — its lock held by a zombie that took the lock but
+/// never claimed, which preemption cannot reach — is retried every round,
+/// and r1's reachable zombie (the very same session here) is never
+/// preempted. In seed 1415 (3 × 2, all faults, 10 min) r1 stays leaderless
+/// past the bound from 174.8 s. When the machine is fixed, this run passes:
+/// turn the assertion into `assert!(report.passed())`.
+#[test]
+fn preemption_starved_by_a_futile_one_is_caught() {
+    let report = run(&SimConfig {
+        seed: 1415,
+        nodes: 3,
+        roles: 2,
+        duration: secs(600),
+        faults: FaultSelection::All,
+        ..SimConfig::default()
+    });
+    assert_eq!(report.violations.len(), 1, "{report}");
+    let v = &report.violations[0];
+    assert_eq!(v.invariant, "availability", "{report}");
+    assert!(v.message.starts_with("role r1:"), "{report}");
+    assert!(
+        report
+            .knobs
+            .iter()
+            .any(|l| l.contains("preempt zombies: true (permitted: true)")),
+        "{report}"
+    );
+    // The zombie crash of r1's leader at 174.8 s starts it; the bound
+    // (23.2 s with preemption) runs out about 23 s later.
+    let at = v.at.as_duration();
+    assert!(at > secs(195) && at < secs(200), "{report}");
+}
