@@ -233,7 +233,7 @@ impl SimConfig {
     pub fn reproduce_line(&self) -> String {
         let minutes = self.duration.as_secs_f64() / 60.0;
         let mut line = format!(
-            "reproduce with: cargo run --release -- sim --seed {} --nodes {} --roles {} --minutes {} --faults {}",
+            "reproduce with: cargo run --release --features cli -- sim --seed {} --nodes {} --roles {} --minutes {} --faults {}",
             self.seed,
             self.nodes,
             self.roles,
@@ -285,7 +285,7 @@ mod tests {
         };
         assert_eq!(
             c.reproduce_line(),
-            "reproduce with: cargo run --release -- sim --seed 42 --nodes 3 --roles 2 \
+            "reproduce with: cargo run --release --features cli -- sim --seed 42 --nodes 3 --roles 2 \
              --minutes 1.5 --faults all --policy immediate --mutant skips-lease-wait"
         );
     }

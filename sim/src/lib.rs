@@ -15,7 +15,7 @@
 //!     ..SimConfig::default()
 //! });
 //! assert!(report.passed(), "{report}");
-//! assert!(report.reproduce.starts_with("reproduce with: cargo run --release -- sim --seed 7"));
+//! assert!(report.reproduce.starts_with("reproduce with: cargo run --release --features cli -- sim --seed 7"));
 //! ```
 //!
 //! # The world
@@ -64,7 +64,7 @@
 //!
 //! # Reproducing
 //!
-//! Every report ends with `reproduce with: cargo run --release -- sim --seed
+//! Every report ends with `reproduce with: cargo run --release --features cli -- sim --seed
 //! N --nodes .. --roles .. --minutes .. --faults ..` (the `regent` CLI), and
 //! a failing report carries a per-node timeline ([`SimReport::timeline`],
 //! [`SimReport::svg`]) and the last log entries. [`sweep()`] runs many seeds on every core, with

@@ -68,7 +68,7 @@ fn failure_reports_end_with_the_reproduce_line() {
     assert!(!report.passed());
     let text = report.to_string();
     let last = text.lines().last().unwrap_or_default();
-    assert!(last.starts_with("reproduce with: cargo run --release -- sim --seed 0 --nodes 3 --roles 2 --minutes 3 --faults all"), "{last}");
+    assert!(last.starts_with("reproduce with: cargo run --release --features cli -- sim --seed 0 --nodes 3 --roles 2 --minutes 3 --faults all"), "{last}");
     assert!(text.contains("timeline:"));
     assert!(report.svg.starts_with("<svg"));
 }
