@@ -360,15 +360,14 @@ impl NodeTask {
         let weak = self.weak.clone();
         let retry = self.config.retry_interval();
         tokio::spawn(async move {
-            let mut first = true;
             loop {
                 match backend.subscribe(&namespace).await {
                     Ok(mut sub) => {
-                        if !first {
-                            // We were deaf for a while: poll.
-                            if !forward(&weak, NotifyEvent::MaybeMissed) {
-                                return;
-                            }
+                        // Until now we were deaf: before the first subscribe
+                        // as much as between two. A release published
+                        // meanwhile is lost, so poll (DESIGN §3).
+                        if !forward(&weak, NotifyEvent::MaybeMissed) {
+                            return;
                         }
                         loop {
                             match sub.recv().await {
@@ -388,7 +387,6 @@ impl NodeTask {
                         warn!(error = %e, "cannot subscribe to release notifications; retrying")
                     }
                 }
-                first = false;
                 tokio::time::sleep(retry).await;
             }
         })
