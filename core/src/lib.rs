@@ -114,8 +114,8 @@ pub use machine::{
     RoleState, StepDownReason,
 };
 pub use types::{
-    DbTimestamp, FencingToken, LeaseRecord, LocalInstant, MAX_NAME_BYTES, NameError, Namespace,
-    NodeId, Role, Term,
+    DbTimestamp, Fence, FencingToken, LeaseRecord, LocalInstant, MAX_NAME_BYTES, NameError,
+    Namespace, NodeId, Role, Term, TermError,
 };
 
 #[cfg(feature = "driver")]
