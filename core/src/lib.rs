@@ -120,5 +120,6 @@ pub use types::{
 
 #[cfg(feature = "driver")]
 pub use driver::{
-    Elector, ElectorBuilder, ElectorError, LeaderHandle, Leadership, ObservedLease, Observer,
+    DrainOverrun, Elector, ElectorBuilder, ElectorError, LeaderHandle, Leadership, ObservedLease,
+    Observer, RoleStatus, Unhealthy,
 };

@@ -253,4 +253,5 @@ pub(super) async fn elector(h: Arc<Harness>) -> Elector {
 }
 
 mod basics;
+mod lifecycle;
 mod notify;
