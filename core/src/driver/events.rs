@@ -66,7 +66,8 @@ impl NodeTask {
     /// fixed.
     pub(super) fn on_success(&mut self, command: &'static str) {
         let clears = match &self.unhealthy {
-            Some((None, _)) => true,
+            // Closing the old session proves nothing about the new one.
+            Some((None, _)) => command != "reset_session",
             Some((Some(failed), _)) => *failed == command,
             None => false,
         };
@@ -225,7 +226,10 @@ impl NodeTask {
                         command,
                         detail: error,
                     };
-                    self.set_unhealthy(Some(command), reason);
+                    // "driver" (a result of the wrong kind) names no call
+                    // whose success would show it fixed.
+                    let cleared_by = (command != "driver").then_some(command);
+                    self.set_unhealthy(cleared_by, reason);
                 }
             }
             Event::RoleStopped { role } => {

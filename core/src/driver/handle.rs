@@ -152,7 +152,10 @@ impl LeaderHandle {
     pub async fn resign(&self) {
         let (tx, rx) = oneshot::channel();
         let c = &self.campaign;
-        if c.ctrl.send(Ctrl::Resign(c.role.clone(), c.shared.clone(), tx)).is_ok() {
+        if c.ctrl
+            .send(Ctrl::Resign(c.role.clone(), c.shared.clone(), tx))
+            .is_ok()
+        {
             let _ = rx.await;
         }
     }
@@ -165,7 +168,10 @@ impl LeaderHandle {
             return;
         }
         let (tx, rx) = oneshot::channel();
-        if c.ctrl.send(Ctrl::Stop(c.role.clone(), c.shared.clone(), tx)).is_ok() {
+        if c.ctrl
+            .send(Ctrl::Stop(c.role.clone(), c.shared.clone(), tx))
+            .is_ok()
+        {
             let _ = rx.await;
         }
     }

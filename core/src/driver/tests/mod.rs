@@ -255,3 +255,4 @@ pub(super) async fn elector(h: Arc<Harness>) -> Elector {
 mod basics;
 mod lifecycle;
 mod notify;
+mod status;

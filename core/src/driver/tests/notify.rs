@@ -52,7 +52,11 @@ async fn first_subscribe_polls_for_a_release_it_could_not_hear() {
     // The holder releases and publishes: nobody listens yet.
     released.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(tries.load(Ordering::SeqCst), 1, "no retry before its interval");
+    assert_eq!(
+        tries.load(Ordering::SeqCst),
+        1,
+        "no retry before its interval"
+    );
     // Now the LISTEN becomes active.
     let subscribed_at = Instant::now();
     h.subscribe_gate.as_ref().unwrap().notify_one();
