@@ -74,7 +74,7 @@ impl LeaderHandle {
         Fut: Future<Output = ()>,
     {
         loop {
-            let term = match self.lead_once(&stop, |c, f| work(c, f)).await {
+            let term = match self.lead_once(&stop, &mut work).await {
                 Ok(Some((_, term))) => term,
                 Ok(None) | Err(_) => return,
             };
