@@ -120,6 +120,6 @@ pub use types::{
 
 #[cfg(feature = "driver")]
 pub use driver::{
-    DrainOverrun, Elector, ElectorBuilder, ElectorError, LeaderHandle, Leadership, ObservedLease,
-    Observer, RoleStatus, Unhealthy,
+    CancellationToken, DrainOverrun, Elector, ElectorBuilder, ElectorError, LeaderHandle,
+    Leadership, ObservedLease, Observer, RoleStatus, Unhealthy,
 };

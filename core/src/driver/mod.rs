@@ -7,20 +7,45 @@
 //!
 //! ```no_run
 //! # async fn demo(backend: impl regent_core::Backend) -> Result<(), regent_core::ElectorError> {
-//! use regent_core::{Elector, Role};
+//! use regent_core::{CancellationToken, Elector, Role};
 //!
 //! let handle = Elector::builder(backend).spawn(Role::new("scheduler")?).await?;
+//! let stop = CancellationToken::new();
 //! handle
-//!     .run_while_leader(|cancel, token| async move {
-//!         // Leader-only work: stop when `cancel` fires; pass `token` to
+//!     .run_each_term(stop.clone(), |cancel, fence| async move {
+//!         // Leader-only work, once per term this node leads: stop when
+//!         // `cancel` fires; pass `fence` (or `i64::from(fence.term())`) to
 //!         // downstream systems so they can reject a deposed leader.
 //!         cancel.cancelled().await;
-//!         let _ = token;
+//!         let _ = fence;
 //!     })
-//!     .await?;
+//!     .await;
 //! handle.shutdown().await;
 //! # Ok(()) }
 //! ```
+//!
+//! # Lifecycle
+//!
+//! A campaign lasts while any clone of its [`LeaderHandle`] does, until
+//! [`LeaderHandle::shutdown`] or [`Elector::shutdown`]. Dropping the last
+//! clone withdraws the role (stepping down and releasing if it leads);
+//! [`Elector::spawn`] is cancellation-safe. Resign and shutdown drain
+//! leader-only work before they release the lease, for at most
+//! [`Config::drain_timeout`]; work still running then is reported as a
+//! [`DrainOverrun`] and the lease released anyway. [`Elector::shutdown`]
+//! takes at most [`Elector::shutdown_bound`].
+//!
+//! # Metrics
+//!
+//! Through the [`metrics`](https://docs.rs/metrics) facade, labelled with
+//! `namespace` and `role`:
+//! - `regent_elections_won_total` (counter): terms this node began to lead.
+//! - `regent_leadership_lost_total` (counter, also `reason`): terms that
+//!   ended, by [`StepDownReason`](crate::StepDownReason).
+//! - `regent_is_leader` (gauge): 1 while leading.
+//! - `regent_drain_timeouts_total` (counter): drains that ended with
+//!   leader-only work still running ([`DrainOverrun`]).
+//! - `regent_renew_latency_seconds` (histogram, `namespace` only).
 
 mod events;
 mod exec;
@@ -44,6 +69,9 @@ use crate::types::{NameError, Namespace, NodeId, Role};
 pub use handle::LeaderHandle;
 pub use observe::{ObservedLease, Observer};
 pub use status::{DrainOverrun, Leadership, RoleStatus, Unhealthy};
+/// The token leader-only work watches (from `tokio-util`, re-exported so
+/// callers need no version-matched dependency of their own).
+pub use tokio_util::sync::CancellationToken;
 
 use handle::Campaign;
 use node::{Ctrl, NodeTask};

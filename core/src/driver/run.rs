@@ -56,7 +56,7 @@ impl LeaderHandle {
     ///
     /// ```no_run
     /// # async fn demo(handle: regent_core::LeaderHandle) {
-    /// use tokio_util::sync::CancellationToken;
+    /// use regent_core::CancellationToken;
     ///
     /// let stop = CancellationToken::new();
     /// handle
