@@ -38,7 +38,7 @@ impl NodeTask {
                 reason: reason.clone(),
             },
             None => RoleStatus::Following {
-                leader: self.last_leader.get(role).cloned().flatten(),
+                leader: self.machine.observed_leader(role).cloned(),
             },
         }
     }
@@ -167,8 +167,6 @@ impl NodeTask {
                 metrics::counter!("regent_leadership_lost_total", "namespace" => ns.clone(), "role" => role.to_string(), "reason" => reason.as_str()).increment(1);
                 metrics::gauge!("regent_is_leader", "namespace" => ns, "role" => role.to_string())
                     .set(0.0);
-                // Whoever leads next is not known yet.
-                self.last_leader.insert(role.clone(), None);
                 let health = self.following(&role);
                 if let Some(shared) = self.shared(&role) {
                     shared.update(true, |s| {
@@ -180,7 +178,6 @@ impl NodeTask {
             }
             Event::DrainRequested { role } => self.spawn_drain(role),
             Event::LeaderObserved { role, leader } => {
-                self.last_leader.insert(role.clone(), leader.clone());
                 let health = self.following(&role);
                 if let Some(shared) = self.shared(&role) {
                     let holder = leader.map(|l| l.holder);

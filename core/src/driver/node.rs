@@ -14,7 +14,7 @@ use crate::backend::{Backend, NotifyEvent};
 use crate::config::Config;
 use crate::driver::exec::{ExecContext, execute};
 use crate::driver::status::{RoleShared, Unhealthy};
-use crate::machine::{CommandId, CommandResult, Machine, ObservedLeader, RoleState};
+use crate::machine::{CommandId, CommandResult, Machine, RoleState};
 use crate::types::{LocalInstant, Namespace, NodeId, Role};
 
 /// Requests from handles and helper tasks to the node task.
@@ -37,8 +37,6 @@ pub(crate) struct NodeTask {
     config: Config,
     /// The campaign each role publishes to (the latest `spawn`'s).
     pub(super) attached: HashMap<Role, RoleShared>,
-    /// The leader each role last saw, for its status while following.
-    pub(super) last_leader: HashMap<Role, Option<ObservedLeader>>,
     /// What keeps the node from working, and the command whose success
     /// clears it (`None`: any success, the session is back).
     pub(super) unhealthy: Option<(Option<&'static str>, Unhealthy)>,
@@ -85,7 +83,6 @@ impl NodeTask {
             },
             config,
             attached: HashMap::new(),
-            last_leader: HashMap::new(),
             unhealthy: None,
             draining: HashMap::new(),
             ctrl,

@@ -9,7 +9,8 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::driver::{DrainOverrun, RoleStatus, Unhealthy};
-use crate::types::{Fence, Namespace, NodeId, Term};
+use crate::machine::ObservedLeader;
+use crate::types::{Fence, LeaseRecord, Namespace, NodeId, Term};
 
 /// The sequence of distinct statuses a `watch_status` receiver saw, as
 /// short labels.
@@ -226,6 +227,46 @@ async fn a_missing_table_is_unhealthy_and_says_what_to_fix() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(label(&h.status()), "unhealthy claim");
     assert!(!h.is_leader());
+    e.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_standby_names_the_leader_and_its_term() {
+    let l = Log::default();
+    let mut db = base_db(&l, Arc::new(AtomicBool::new(true)));
+    db.expect_try_lock().returning(|_, roles| {
+        let mut out = lock_outcome(roles, false);
+        for a in &mut out.attempts {
+            a.lease = Some(LeaseRecord {
+                namespace: Namespace::default(),
+                role: a.role.clone(),
+                holder: "node-b".into(),
+                term: Term(5),
+                session: None,
+                acquired_at: DbTimestamp::from_micros(0),
+                renewed_at: DbTimestamp::from_micros(0),
+                lease_until: DbTimestamp::from_micros(10_000_000),
+            });
+        }
+        Ok(out)
+    });
+    let e = elector(harness(db)).await;
+    let h = e.spawn(role()).await.unwrap();
+    let mut rx = h.watch_status();
+    within(rx.wait_for(|s| matches!(s, RoleStatus::Following { leader: Some(_) })))
+        .await
+        .unwrap();
+    let expected = ObservedLeader {
+        holder: "node-b".into(),
+        term: Term(5),
+    };
+    assert_eq!(
+        h.status(),
+        RoleStatus::Following {
+            leader: Some(expected)
+        }
+    );
+    assert_eq!(h.status().term(), None);
     e.shutdown().await;
 }
 
