@@ -347,6 +347,10 @@ impl Elector {
             .send(Ctrl::Add(role, shared, tx))
             .map_err(|_| ElectorError::Stopped)?;
         rx.await.map_err(|_| ElectorError::Stopped)?;
+        // The node task refuses new roles once it is shutting down.
+        if handle.shared().is_stopped() {
+            return Err(ElectorError::Stopped);
+        }
         Ok(handle)
     }
 

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::driver::Leadership;
+use crate::driver::{ElectorError, Leadership};
 use crate::types::{LeaseRecord, Namespace, Role, Term};
 
 /// While `lost` is set, the lock is someone else's: validation finds it
@@ -227,4 +227,31 @@ async fn run_each_term_requeues_across_three_failovers() {
         ]
     );
     e.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn spawn_during_shutdown_is_refused() {
+    let l = Log::default();
+    let e = elector(harness(holding_db(&l, true))).await;
+    let h = e.spawn(role()).await.unwrap();
+    h.wait_until_leader().await.unwrap();
+    let worker = {
+        let h = h.clone();
+        tokio::spawn(async move {
+            h.run_while_leader(|cancel, _| async move {
+                cancel.cancelled().await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // Shutdown is draining the work when another role is asked for.
+    let (stopped, spawned) = tokio::join!(e.shutdown(), async {
+        tokio::task::yield_now().await;
+        e.spawn(Role::new("other").unwrap()).await
+    });
+    let () = stopped;
+    assert!(matches!(spawned, Err(ElectorError::Stopped)), "{spawned:?}");
+    worker.await.unwrap().unwrap();
 }
