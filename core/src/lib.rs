@@ -113,11 +113,12 @@ pub use machine::{
     RoleState, StepDownReason,
 };
 pub use types::{
-    DbTimestamp, FencingToken, LeaseRecord, LocalInstant, MAX_NAME_BYTES, NameError, Namespace,
-    NodeId, Role, Term,
+    DbTimestamp, Fence, FencingToken, LeaseRecord, LocalInstant, MAX_NAME_BYTES, NameError,
+    Namespace, NodeId, Role, Term, TermError,
 };
 
 #[cfg(feature = "driver")]
 pub use driver::{
-    Elector, ElectorBuilder, ElectorError, LeaderHandle, Leadership, ObservedLease, Observer,
+    CancellationToken, DrainOverrun, Elector, ElectorBuilder, ElectorError, LeaderHandle,
+    Leadership, ObservedLease, Observer, RoleStatus, Unhealthy,
 };

@@ -207,9 +207,30 @@ impl NodeId {
 }
 
 /// The per-role counter, incremented on every change of holder. The
-/// leader's term is its [`FencingToken`].
+/// leader's term is its fencing token: strictly increasing across leaders of
+/// one role, so a downstream system rejects anything older than the newest
+/// term it has seen. [`Fence`] carries it together with the role and holder.
+///
+/// Terms are stored in a signed 64-bit column (PostgreSQL `bigint`), so they
+/// convert to and from `i64` without casts:
+///
+/// ```
+/// use regent_core::{Term, TermError};
+/// let term = Term(7);
+/// let column: i64 = term.into();
+/// assert_eq!(column, 7);
+/// assert_eq!(Term::try_from(column), Ok(term));
+/// assert_eq!(Term::try_from(-1), Err(TermError::Negative(-1)));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Term(pub u64);
+
+impl Term {
+    /// The term as the unsigned counter.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
 
 impl fmt::Display for Term {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -217,10 +238,106 @@ impl fmt::Display for Term {
     }
 }
 
-/// The leader's term, handed to downstream systems: strictly increasing
-/// across leaders of one role, so anything older than the newest token seen
-/// must be rejected.
+/// For `bigint` columns. Every term a backend hands out fits (they are read
+/// from such a column); a hand-made term above `i64::MAX` saturates to
+/// `i64::MAX`, which keeps the order of terms (never makes one look older).
+impl From<Term> for i64 {
+    fn from(term: Term) -> i64 {
+        i64::try_from(term.0).unwrap_or(i64::MAX)
+    }
+}
+
+/// Why an `i64` is not a [`Term`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum TermError {
+    /// Terms start at 0 and only grow; a negative value is not a term (a
+    /// corrupted row, or a column that holds something else).
+    #[error("{0} is not a term: terms are never negative; check the column you read it from")]
+    Negative(i64),
+}
+
+impl TryFrom<i64> for Term {
+    type Error = TermError;
+    fn try_from(value: i64) -> Result<Self, Self::Error> {
+        u64::try_from(value)
+            .map(Term)
+            .map_err(|_| TermError::Negative(value))
+    }
+}
+
+/// Another name for [`Term`], kept for code written before the two were
+/// unified. Prefer [`Term`] (or [`Fence`], which also names the role and
+/// the holder).
 pub type FencingToken = Term;
+
+/// Proof of one term of leadership, to hand to anything leader-only work
+/// writes to: the namespace and role led, the node that led it, and the
+/// term. A downstream system stores the newest term it has accepted per
+/// (namespace, role) and rejects writes carrying an older one.
+///
+/// ```
+/// use regent_core::{Fence, Namespace, NodeId, Role, Term};
+/// let fence = Fence::new(
+///     Namespace::default(),
+///     Role::new("scheduler")?,
+///     NodeId::new("node-a")?,
+///     Term(7),
+/// );
+/// assert_eq!(fence.term(), Term(7));
+/// assert_eq!(i64::from(fence.term()), 7);
+/// assert_eq!(fence.to_string(), "default/scheduler term 7 held by node-a");
+/// # Ok::<(), regent_core::NameError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Fence {
+    namespace: Namespace,
+    role: Role,
+    holder: NodeId,
+    term: Term,
+}
+
+impl Fence {
+    /// A fence for `holder` leading `role` in `namespace` during `term`.
+    pub fn new(namespace: Namespace, role: Role, holder: NodeId, term: Term) -> Self {
+        Self {
+            namespace,
+            role,
+            holder,
+            term,
+        }
+    }
+
+    /// The namespace of the role.
+    pub fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
+    /// The role led.
+    pub fn role(&self) -> &Role {
+        &self.role
+    }
+
+    /// The node that led it.
+    pub fn holder(&self) -> &NodeId {
+        &self.holder
+    }
+
+    /// The term: the fencing token proper.
+    pub fn term(&self) -> Term {
+        self.term
+    }
+}
+
+impl fmt::Display for Fence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{} term {} held by {}",
+            self.namespace, self.role, self.term, self.holder
+        )
+    }
+}
 
 /// A reading of the node's own monotonic clock, as nanoseconds since an
 /// arbitrary origin chosen by the driver.
@@ -406,6 +523,36 @@ mod tests {
         assert_eq!(long.as_str().len(), MAX_NAME_BYTES);
         assert!(NodeId::new(long.as_str()).is_ok());
         assert_eq!(NodeId::generate("", 1).as_str(), "node-000001");
+    }
+
+    #[test]
+    fn terms_convert_to_and_from_bigint() {
+        assert_eq!(i64::from(Term(0)), 0);
+        assert_eq!(i64::from(Term(i64::MAX as u64)), i64::MAX);
+        // Saturates instead of wrapping negative (which would look oldest).
+        assert_eq!(i64::from(Term(u64::MAX)), i64::MAX);
+        assert_eq!(Term::try_from(i64::MAX), Ok(Term(i64::MAX as u64)));
+        assert_eq!(Term::try_from(i64::MIN), Err(TermError::Negative(i64::MIN)));
+        let e = TermError::Negative(-3).to_string();
+        assert!(e.contains("-3") && e.contains("never negative"), "{e}");
+    }
+
+    #[test]
+    fn fences_compare_by_every_part() {
+        let f = |node: &str, term| {
+            Fence::new(
+                Namespace::default(),
+                Role::new("r").unwrap(),
+                NodeId::new(node).unwrap(),
+                Term(term),
+            )
+        };
+        assert_eq!(f("a", 1), f("a", 1));
+        assert_ne!(f("a", 1), f("a", 2));
+        assert_ne!(f("a", 1), f("b", 1));
+        assert_eq!(f("b", 3).holder().as_str(), "b");
+        assert_eq!(f("b", 3).role().as_str(), "r");
+        assert_eq!(f("b", 3).namespace().as_str(), "default");
     }
 
     #[test]

@@ -1,211 +1,139 @@
-//! What the application holds: [`LeaderHandle`] and [`Leadership`].
+//! What the application holds: [`LeaderHandle`].
 
-use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::driver::ElectorError;
 use crate::driver::node::Ctrl;
-use crate::types::{FencingToken, Role};
+use crate::driver::status::{DrainOverrun, Leadership, RoleShared, RoleStatus, mapped_watch};
+use crate::types::{Fence, Namespace, NodeId, Role, Term};
 
-/// Who leads a role, as this node sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Leadership {
-    /// This node leads.
-    Leader {
-        /// The fencing token: pass it to anything leader-only work writes to.
-        token: FencingToken,
-        /// When this node started leading.
-        since: Instant,
-    },
-    /// Another node leads (its node id, if observed), or nobody does.
-    Follower {
-        /// The observed leader's node id.
-        leader: Option<String>,
-    },
-    /// The role (or the whole elector) was shut down.
-    Stopped,
+/// One campaign: shared by every clone of a handle. Dropping the last clone
+/// withdraws the role.
+pub(crate) struct Campaign {
+    pub(crate) role: Role,
+    pub(crate) namespace: Namespace,
+    pub(crate) node: NodeId,
+    pub(crate) shared: RoleShared,
+    pub(crate) ctrl: mpsc::UnboundedSender<Ctrl>,
+    pub(crate) done: watch::Receiver<bool>,
 }
 
-impl Leadership {
-    /// The fencing token, if this node leads.
-    pub fn token(&self) -> Option<FencingToken> {
-        match self {
-            Leadership::Leader { token, .. } => Some(*token),
-            _ => None,
-        }
-    }
-}
-
-/// What the node task publishes for one role.
-#[derive(Debug, Clone)]
-pub(crate) struct Status {
-    pub(crate) leadership: Leadership,
-    /// The local deadline while leading.
-    pub(crate) deadline: Option<Instant>,
-}
-
-/// The per-role channels shared by the node task and the handles.
-#[derive(Clone)]
-pub(crate) struct RoleShared {
-    pub(crate) status: Arc<watch::Sender<Status>>,
-    /// How many `run_while_leader` bodies are running.
-    pub(crate) work: Arc<watch::Sender<usize>>,
-}
-
-impl RoleShared {
-    pub(crate) fn new() -> Self {
-        let (status, _) = watch::channel(Status {
-            leadership: Leadership::Follower { leader: None },
-            deadline: None,
-        });
-        let (work, _) = watch::channel(0usize);
-        Self {
-            status: Arc::new(status),
-            work: Arc::new(work),
-        }
-    }
-
-    pub(crate) fn is_stopped(&self) -> bool {
-        self.status.borrow().leadership == Leadership::Stopped
-    }
-}
-
-fn is_leader_now(status: &Status) -> bool {
-    matches!(status.leadership, Leadership::Leader { .. })
-        && status.deadline.is_some_and(|d| Instant::now() < d)
-}
-
-/// Decrements the running-work count when leader-only work ends.
-struct WorkGuard(Arc<watch::Sender<usize>>);
-
-impl WorkGuard {
-    fn new(work: Arc<watch::Sender<usize>>) -> Self {
-        work.send_modify(|n| *n += 1);
-        Self(work)
-    }
-}
-
-impl Drop for WorkGuard {
+impl Drop for Campaign {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
+        // Mark first, then tell the node task: a `spawn` racing this drop
+        // either sees the mark and attaches a new campaign (which the node
+        // task then prefers over this withdrawal), or fails as before.
+        self.shared.mark_withdrawn();
+        let _ = self
+            .ctrl
+            .send(Ctrl::Withdraw(self.role.clone(), self.shared.clone()));
     }
 }
 
 /// One role's campaign on one node. Cheap to clone.
+///
+/// The campaign lasts as long as any clone does: dropping the last clone
+/// withdraws the role as [`LeaderHandle::shutdown`] would (stepping down
+/// and releasing if this node leads), without waiting. Observers
+/// ([`Elector::observe`](crate::Elector::observe)) are separate and keep
+/// working.
 #[derive(Clone)]
 pub struct LeaderHandle {
-    role: Role,
-    shared: RoleShared,
-    ctrl: mpsc::UnboundedSender<Ctrl>,
-    done: watch::Receiver<bool>,
+    pub(crate) campaign: Arc<Campaign>,
 }
 
 impl std::fmt::Debug for LeaderHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LeaderHandle")
-            .field("role", &self.role)
+            .field("role", &self.campaign.role)
             .field("leadership", &self.leadership())
             .finish()
     }
 }
 
 impl LeaderHandle {
-    pub(crate) fn new(
-        role: Role,
-        shared: RoleShared,
-        ctrl: mpsc::UnboundedSender<Ctrl>,
-        done: watch::Receiver<bool>,
-    ) -> Self {
+    pub(crate) fn new(campaign: Campaign) -> Self {
         Self {
-            role,
-            shared,
-            ctrl,
-            done,
+            campaign: Arc::new(campaign),
         }
+    }
+
+    pub(crate) fn shared(&self) -> &RoleShared {
+        &self.campaign.shared
     }
 
     /// The role.
     pub fn role(&self) -> &Role {
-        &self.role
+        &self.campaign.role
     }
 
     /// Whether this node may act as leader right now. Checks the local
     /// deadline on every call: a leader whose renewals stopped succeeding
     /// answers `false` from its deadline on, even before the driver runs.
     pub fn is_leader(&self) -> bool {
-        is_leader_now(&self.shared.status.borrow())
+        self.shared().status.borrow().is_leader_now()
     }
 
     /// The current leadership. `Leader` is reported only while
     /// [`LeaderHandle::is_leader`] holds.
     pub fn leadership(&self) -> Leadership {
-        let status = self.shared.status.borrow();
-        match &status.leadership {
-            Leadership::Leader { .. } if !is_leader_now(&status) => {
-                Leadership::Follower { leader: None }
-            }
-            other => other.clone(),
-        }
+        self.shared().status.borrow().leadership_now()
     }
 
-    /// The fencing token while leading.
-    pub fn token(&self) -> Option<FencingToken> {
-        if self.is_leader() {
-            self.shared.status.borrow().leadership.token()
-        } else {
-            None
-        }
+    /// Leadership and health in one value (see [`RoleStatus`]); as cheap
+    /// as [`LeaderHandle::leadership`]. `Leading` and `AtRisk` are reported
+    /// only while [`LeaderHandle::is_leader`] holds.
+    pub fn status(&self) -> RoleStatus {
+        self.shared().status.borrow().health_now()
+    }
+
+    /// The term while leading.
+    pub fn token(&self) -> Option<Term> {
+        self.shared().status.borrow().term_now()
+    }
+
+    /// The fence of the current term while leading: the term together with
+    /// the namespace, role and this node's id, for downstream systems that
+    /// reject writes from deposed leaders.
+    pub fn fence(&self) -> Option<Fence> {
+        self.token().map(|term| self.fence_for(term))
+    }
+
+    pub(crate) fn fence_for(&self, term: Term) -> Fence {
+        let c = &self.campaign;
+        Fence::new(c.namespace.clone(), c.role.clone(), c.node.clone(), term)
     }
 
     /// A receiver that sees every leadership change of this role.
     pub fn watch(&self) -> watch::Receiver<Leadership> {
-        let (tx, rx) = watch::channel(self.leadership());
-        let mut status = self.shared.status.subscribe();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    changed = status.changed() => {
-                        if changed.is_err() {
-                            break;
-                        }
-                        let next = status.borrow_and_update().leadership.clone();
-                        let stop = next == Leadership::Stopped;
-                        tx.send_if_modified(|cur| {
-                            if *cur == next {
-                                false
-                            } else {
-                                *cur = next;
-                                true
-                            }
-                        });
-                        if stop {
-                            break;
-                        }
-                    }
-                    () = tx.closed() => break,
-                }
-            }
-        });
-        rx
+        mapped_watch(self.shared().status.subscribe(), |s| s.leadership_now())
     }
 
-    /// Waits until this node leads and returns its fencing token.
+    /// A receiver that sees every change of [`LeaderHandle::status`]:
+    /// leading, at risk, following (and who leads), unhealthy, stopped.
+    pub fn watch_status(&self) -> watch::Receiver<RoleStatus> {
+        mapped_watch(self.shared().status.subscribe(), |s| s.health_now())
+    }
+
+    /// The last time leader-only work outlived the drain bound of a resign
+    /// or shutdown of this role, if it ever did (see [`DrainOverrun`]).
+    pub fn last_drain_overrun(&self) -> Option<DrainOverrun> {
+        self.shared().status.borrow().overrun.clone()
+    }
+
+    /// Waits until this node leads and returns its term.
     ///
     /// # Errors
     /// [`ElectorError::Stopped`] if the role or the elector stops first.
-    pub async fn wait_until_leader(&self) -> Result<FencingToken, ElectorError> {
-        let mut rx = self.shared.status.subscribe();
+    pub async fn wait_until_leader(&self) -> Result<Term, ElectorError> {
+        let mut rx = self.shared().status.subscribe();
         loop {
             {
                 let status = rx.borrow_and_update();
-                if is_leader_now(&status)
-                    && let Some(token) = status.leadership.token()
-                {
-                    return Ok(token);
+                if let Some(term) = status.term_now() {
+                    return Ok(term);
                 }
                 if status.leadership == Leadership::Stopped {
                     return Err(ElectorError::Stopped);
@@ -217,55 +145,17 @@ impl LeaderHandle {
         }
     }
 
-    /// Waits until this node leads, then runs `work(cancel, token)`. `cancel`
-    /// fires the moment leadership ends (deadline, lock loss, takeover,
-    /// resign, shutdown); `work` should then stop promptly. Returns `work`'s
-    /// output once it finishes.
-    ///
-    /// On resign and shutdown the lease is released only after `work` has
-    /// finished (or after [`Config::drain_timeout`](crate::Config::drain_timeout)),
-    /// so no other node leads while it still runs.
-    ///
-    /// # Errors
-    /// [`ElectorError::Stopped`] if the role stops before this node leads.
-    pub async fn run_while_leader<F, Fut, T>(&self, work: F) -> Result<T, ElectorError>
-    where
-        F: FnOnce(CancellationToken, FencingToken) -> Fut,
-        Fut: Future<Output = T>,
-    {
-        let token = self.wait_until_leader().await?;
-        let _guard = WorkGuard::new(self.shared.work.clone());
-        let cancel = CancellationToken::new();
-        let fut = work(cancel.clone(), token);
-        tokio::pin!(fut);
-        let mut rx = self.shared.status.subscribe();
-        loop {
-            let (still, deadline) = {
-                let status = rx.borrow_and_update();
-                let same = status.leadership.token() == Some(token);
-                (same && is_leader_now(&status), status.deadline)
-            };
-            if !still {
-                cancel.cancel();
-                break;
-            }
-            let deadline = deadline.unwrap_or_else(Instant::now);
-            tokio::select! {
-                out = &mut fut => return Ok(out),
-                _ = rx.changed() => {}
-                () = tokio::time::sleep_until(deadline) => {}
-            }
-        }
-        Ok(fut.await)
-    }
-
     /// Steps down (after draining `run_while_leader` work), releases the
     /// lease so a standby takes over at once, and keeps campaigning after a
     /// short hold-off. Returns once the lease is released. Does nothing
     /// harmful if this node does not lead.
     pub async fn resign(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.ctrl.send(Ctrl::Resign(self.role.clone(), tx)).is_ok() {
+        let c = &self.campaign;
+        if c.ctrl
+            .send(Ctrl::Resign(c.role.clone(), c.shared.clone(), tx))
+            .is_ok()
+        {
             let _ = rx.await;
         }
     }
@@ -273,11 +163,15 @@ impl LeaderHandle {
     /// Stops campaigning for this role, stepping down and releasing as
     /// [`LeaderHandle::resign`] does. Idempotent.
     pub async fn shutdown(&self) {
-        if self.shared.is_stopped() || *self.done.borrow() {
+        let c = &self.campaign;
+        if c.shared.is_stopped() || *c.done.borrow() {
             return;
         }
         let (tx, rx) = oneshot::channel();
-        if self.ctrl.send(Ctrl::Stop(self.role.clone(), tx)).is_ok() {
+        if c.ctrl
+            .send(Ctrl::Stop(c.role.clone(), c.shared.clone(), tx))
+            .is_ok()
+        {
             let _ = rx.await;
         }
     }

@@ -7,25 +7,53 @@
 //!
 //! ```no_run
 //! # async fn demo(backend: impl regent_core::Backend) -> Result<(), regent_core::ElectorError> {
-//! use regent_core::{Elector, Role};
+//! use regent_core::{CancellationToken, Elector, Role};
 //!
 //! let handle = Elector::builder(backend).spawn(Role::new("scheduler")?).await?;
+//! let stop = CancellationToken::new();
 //! handle
-//!     .run_while_leader(|cancel, token| async move {
-//!         // Leader-only work: stop when `cancel` fires; pass `token` to
+//!     .run_each_term(stop.clone(), |cancel, fence| async move {
+//!         // Leader-only work, once per term this node leads: stop when
+//!         // `cancel` fires; pass `fence` (or `i64::from(fence.term())`) to
 //!         // downstream systems so they can reject a deposed leader.
 //!         cancel.cancelled().await;
-//!         let _ = token;
+//!         let _ = fence;
 //!     })
-//!     .await?;
+//!     .await;
 //! handle.shutdown().await;
 //! # Ok(()) }
 //! ```
+//!
+//! # Lifecycle
+//!
+//! A campaign lasts while any clone of its [`LeaderHandle`] does, until
+//! [`LeaderHandle::shutdown`] or [`Elector::shutdown`]. Dropping the last
+//! clone withdraws the role (stepping down and releasing if it leads);
+//! [`Elector::spawn`] is cancellation-safe. Resign and shutdown drain
+//! leader-only work before they release the lease, for at most
+//! [`Config::drain_timeout`]; work still running then is reported as a
+//! [`DrainOverrun`] and the lease released anyway. [`Elector::shutdown`]
+//! takes at most [`Elector::shutdown_bound`].
+//!
+//! # Metrics
+//!
+//! Through the [`metrics`](https://docs.rs/metrics) facade, labelled with
+//! `namespace` and `role`:
+//! - `regent_elections_won_total` (counter): terms this node began to lead.
+//! - `regent_leadership_lost_total` (counter, also `reason`): terms that
+//!   ended, by [`StepDownReason`](crate::StepDownReason).
+//! - `regent_is_leader` (gauge): 1 while leading.
+//! - `regent_drain_timeouts_total` (counter): drains that ended with
+//!   leader-only work still running ([`DrainOverrun`]).
+//! - `regent_renew_latency_seconds` (histogram, `namespace` only).
 
+mod events;
 mod exec;
 mod handle;
 mod node;
 mod observe;
+mod run;
+mod status;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -38,11 +66,16 @@ use crate::backend::{Backend, BackendError};
 use crate::config::{Config, ConfigError};
 use crate::types::{NameError, Namespace, NodeId, Role};
 
-pub use handle::{LeaderHandle, Leadership};
+pub use handle::LeaderHandle;
 pub use observe::{ObservedLease, Observer};
+pub use status::{DrainOverrun, Leadership, RoleStatus, Unhealthy};
+/// The token leader-only work watches (from `tokio-util`, re-exported so
+/// callers need no version-matched dependency of their own).
+pub use tokio_util::sync::CancellationToken;
 
-use handle::RoleShared;
+use handle::Campaign;
 use node::{Ctrl, NodeTask};
+use status::RoleShared;
 
 /// Why an elector or a handle could not do what was asked.
 #[derive(Debug, Error)]
@@ -148,7 +181,6 @@ impl ElectorBuilder {
             self.namespace.clone(),
             self.config.clone(),
             seed,
-            shared.clone(),
             ctrl_rx,
             ctrl_tx.downgrade(),
             done_tx,
@@ -190,24 +222,30 @@ fn random_seed() -> u64 {
     h.finish()
 }
 
+/// How long the node task gives a shutdown before it closes the session
+/// (which drops every lock), not counting that last reset.
+pub(crate) fn release_bound(config: &Config) -> Duration {
+    config.drain_timeout() + config.attempt_timeout() * 4
+}
+
+/// [`Elector::shutdown_bound`].
+fn shutdown_bound(config: &Config) -> Duration {
+    release_bound(config) + config.attempt_timeout()
+}
+
+/// The campaigns of an elector, by role, to refuse a second live one.
 #[derive(Default)]
 pub(crate) struct Shared {
     roles: Mutex<HashMap<Role, RoleShared>>,
 }
 
 impl Shared {
-    pub(crate) fn get(&self, role: &Role) -> Option<RoleShared> {
-        self.roles
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(role)
-            .cloned()
-    }
-
+    /// Registers a new campaign for `role` unless a live one exists (one
+    /// that is neither stopped nor withdrawn by dropping its handles).
     fn insert_new(&self, role: &Role, shared: RoleShared) -> bool {
         let mut roles = self.roles.lock().unwrap_or_else(PoisonError::into_inner);
         match roles.get(role) {
-            Some(existing) if !existing.is_stopped() => false,
+            Some(existing) if !existing.is_over() => false,
             _ => {
                 roles.insert(role.clone(), shared);
                 true
@@ -275,7 +313,12 @@ impl Elector {
         &self.inner.config
     }
 
-    /// Campaigns for `role` on this node's session.
+    /// Campaigns for `role` on this node's session. The campaign lasts
+    /// until [`LeaderHandle::shutdown`], [`Elector::shutdown`], or the drop
+    /// of the returned handle's last clone.
+    ///
+    /// Cancellation-safe: if this future is dropped before it completes, the
+    /// role is withdrawn again and a later `spawn` for it succeeds.
     ///
     /// # Errors
     /// [`ElectorError::AlreadyCampaigning`] if a live handle for `role`
@@ -288,18 +331,27 @@ impl Elector {
         if !self.inner.shared.insert_new(&role, shared.clone()) {
             return Err(ElectorError::AlreadyCampaigning(role));
         }
+        // The handle exists before the node task hears of the role: if this
+        // future is dropped from here on, dropping the handle withdraws it.
+        let handle = LeaderHandle::new(Campaign {
+            role: role.clone(),
+            namespace: self.inner.namespace.clone(),
+            node: self.inner.node_id.clone(),
+            shared: shared.clone(),
+            ctrl: self.inner.ctrl.clone(),
+            done: self.inner.done.clone(),
+        });
         let (tx, rx) = oneshot::channel();
         self.inner
             .ctrl
-            .send(Ctrl::Add(role.clone(), tx))
+            .send(Ctrl::Add(role, shared, tx))
             .map_err(|_| ElectorError::Stopped)?;
         rx.await.map_err(|_| ElectorError::Stopped)?;
-        Ok(LeaderHandle::new(
-            role,
-            shared,
-            self.inner.ctrl.clone(),
-            self.inner.done.clone(),
-        ))
+        // The node task refuses new roles once it is shutting down.
+        if handle.shared().is_stopped() {
+            return Err(ElectorError::Stopped);
+        }
+        Ok(handle)
     }
 
     /// Watches who leads `role` without campaigning (like etcd's Observe).
@@ -314,6 +366,17 @@ impl Elector {
 
     /// Resigns and releases every role (draining leader-only work first),
     /// then stops the node. Idempotent; returns once the node has stopped.
+    ///
+    /// # How long it takes
+    /// At most [`Elector::shutdown_bound`]: the drain bound
+    /// ([`Config::drain_timeout`], leader-only work still running then is
+    /// reported as a [`DrainOverrun`] and the lease released anyway), then
+    /// up to four backend attempts ([`Config::attempt_timeout`] each) to
+    /// expire, unlock and notify, then one more to close the session, which
+    /// drops every lock still held. Size the termination grace period of
+    /// the process (Kubernetes `terminationGracePeriodSeconds`, systemd
+    /// `TimeoutStopSec`) above it; with the default config it is
+    /// 5 s + 5 × 1.5 s = 12.5 s.
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
         if self.inner.ctrl.send(Ctrl::Shutdown(tx)).is_ok() {
@@ -321,6 +384,20 @@ impl Elector {
         }
         let mut done = self.inner.done.clone();
         let _ = done.wait_for(|d| *d).await;
+    }
+
+    /// The longest [`Elector::shutdown`] can take with this config:
+    /// `drain_timeout + 5 × attempt_timeout`.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use regent_core::Config;
+    /// let config = Config::default();
+    /// let bound = config.drain_timeout() + config.attempt_timeout() * 5;
+    /// assert_eq!(bound, Duration::from_millis(12_500));
+    /// ```
+    pub fn shutdown_bound(&self) -> Duration {
+        shutdown_bound(&self.inner.config)
     }
 
     /// Whether the node has stopped.

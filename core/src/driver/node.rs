@@ -1,5 +1,6 @@
 //! The node task: one loop per elector that drives the machine.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rand_chacha::ChaCha8Rng;
@@ -11,17 +12,19 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::backend::{Backend, NotifyEvent};
 use crate::config::Config;
-use crate::driver::Shared;
 use crate::driver::exec::{ExecContext, execute};
-use crate::driver::handle::{Leadership, Status};
-use crate::machine::{CommandId, CommandResult, Event, Machine, RoleState};
+use crate::driver::status::{RoleShared, Unhealthy};
+use crate::machine::{CommandId, CommandResult, Machine, RoleState};
 use crate::types::{LocalInstant, Namespace, NodeId, Role};
 
 /// Requests from handles and helper tasks to the node task.
 pub(crate) enum Ctrl {
-    Add(Role, oneshot::Sender<()>),
-    Resign(Role, oneshot::Sender<()>),
-    Stop(Role, oneshot::Sender<()>),
+    /// Campaign for the role, publishing to this campaign's channels.
+    Add(Role, RoleShared, oneshot::Sender<()>),
+    Resign(Role, RoleShared, oneshot::Sender<()>),
+    Stop(Role, RoleShared, oneshot::Sender<()>),
+    /// The last handle of this campaign was dropped.
+    Withdraw(Role, RoleShared),
     Shutdown(oneshot::Sender<()>),
     Drained(Role),
     Notified(NotifyEvent),
@@ -29,15 +32,22 @@ pub(crate) enum Ctrl {
 }
 
 pub(crate) struct NodeTask {
-    machine: Machine,
-    ctx: ExecContext,
+    pub(super) machine: Machine,
+    pub(super) ctx: ExecContext,
     config: Config,
-    shared: Arc<Shared>,
+    /// The campaign each role publishes to (the latest `spawn`'s).
+    pub(super) attached: HashMap<Role, RoleShared>,
+    /// What keeps the node from working, and the command whose success
+    /// clears it (`None`: any success, the session is back).
+    pub(super) unhealthy: Option<(Option<&'static str>, Unhealthy)>,
+    /// Roles draining leader-only work, since when.
+    pub(super) draining: HashMap<Role, Instant>,
     ctrl: mpsc::UnboundedReceiver<Ctrl>,
-    weak: mpsc::WeakUnboundedSender<Ctrl>,
+    ctrl_closed: bool,
+    pub(super) weak: mpsc::WeakUnboundedSender<Ctrl>,
     done: watch::Sender<bool>,
     origin: Instant,
-    running: JoinSet<(CommandId, CommandResult)>,
+    running: JoinSet<(CommandId, &'static str, CommandResult)>,
     resign_waiters: Vec<(Role, oneshot::Sender<()>)>,
     stop_waiters: Vec<(Role, oneshot::Sender<()>)>,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
@@ -52,7 +62,6 @@ impl NodeTask {
         namespace: Namespace,
         config: Config,
         seed: u64,
-        shared: Arc<Shared>,
         ctrl: mpsc::UnboundedReceiver<Ctrl>,
         weak: mpsc::WeakUnboundedSender<Ctrl>,
         done: watch::Sender<bool>,
@@ -73,8 +82,11 @@ impl NodeTask {
                 timeout: config.attempt_timeout(),
             },
             config,
-            shared,
+            attached: HashMap::new(),
+            unhealthy: None,
+            draining: HashMap::new(),
             ctrl,
+            ctrl_closed: false,
             weak,
             done,
             origin: Instant::now(),
@@ -90,7 +102,7 @@ impl NodeTask {
         LocalInstant::from_duration(Instant::now().saturating_duration_since(self.origin))
     }
 
-    fn instant(&self, t: LocalInstant) -> Instant {
+    pub(super) fn instant(&self, t: LocalInstant) -> Instant {
         self.origin + t.as_duration()
     }
 
@@ -125,13 +137,21 @@ impl NodeTask {
                 .chain(self.shutdown_at)
                 .min();
             tokio::select! {
-                msg = self.ctrl.recv() => match msg {
+                msg = self.ctrl.recv(), if !self.ctrl_closed => match msg {
                     Some(msg) => self.on_ctrl(msg),
-                    None => self.begin_shutdown(),
+                    None => {
+                        // Every elector and handle is gone. Stop polling the
+                        // closed channel (it would be ready forever).
+                        self.ctrl_closed = true;
+                        self.begin_shutdown();
+                    }
                 },
                 Some(joined) = self.running.join_next(), if !self.running.is_empty() => {
                     match joined {
-                        Ok((id, result)) => {
+                        Ok((id, name, result)) => {
+                            if result.is_ok() {
+                                self.on_success(name);
+                            }
                             let now = self.now();
                             self.machine.handle_result(now, id, result);
                         }
@@ -149,8 +169,8 @@ impl NodeTask {
         }
         self.running.abort_all();
         let _ = tokio::time::timeout(self.config.attempt_timeout(), self.ctx.backend.reset()).await;
-        for role in self.machine.roles().cloned().collect::<Vec<_>>() {
-            self.publish(&role, Leadership::Stopped, None);
+        for shared in self.attached.values() {
+            shared.update(true, |s| s.stop());
         }
         for (_, tx) in self
             .resign_waiters
@@ -168,7 +188,7 @@ impl NodeTask {
 
     fn begin_shutdown(&mut self) {
         if self.shutdown_at.is_none() {
-            let bound = self.config.drain_timeout() + self.config.attempt_timeout() * 4;
+            let bound = crate::driver::release_bound(&self.config);
             self.shutdown_at = Some(Instant::now() + bound);
             let now = self.now();
             self.machine.handle_shutdown(now);
@@ -178,19 +198,39 @@ impl NodeTask {
     fn on_ctrl(&mut self, msg: Ctrl) {
         let now = self.now();
         match msg {
-            Ctrl::Add(role, tx) => {
-                if self.shutdown_at.is_none() {
+            Ctrl::Add(role, shared, tx) => {
+                if self.shutdown_at.is_some() {
+                    shared.update(true, |s| s.stop());
+                } else {
+                    self.attach(&role, shared);
                     self.machine.add_role(now, role);
                 }
                 let _ = tx.send(());
             }
-            Ctrl::Resign(role, tx) => {
-                self.machine.handle_resign(now, &role);
-                self.resign_waiters.push((role, tx));
+            Ctrl::Withdraw(role, shared) => {
+                // Only if no newer campaign has attached meanwhile.
+                if self.attached.get(&role).is_some_and(|s| s.same(&shared)) {
+                    info!(role = %role, "every handle dropped; withdrawing");
+                    self.machine.handle_stop(now, &role);
+                }
             }
-            Ctrl::Stop(role, tx) => {
-                self.machine.handle_stop(now, &role);
-                self.stop_waiters.push((role, tx));
+            // A handle of a campaign that a newer `spawn` replaced has
+            // nothing left to resign or stop.
+            Ctrl::Resign(role, shared, tx) => {
+                if self.attached.get(&role).is_some_and(|s| s.same(&shared)) {
+                    self.machine.handle_resign(now, &role);
+                    self.resign_waiters.push((role, tx));
+                } else {
+                    let _ = tx.send(());
+                }
+            }
+            Ctrl::Stop(role, shared, tx) => {
+                if self.attached.get(&role).is_some_and(|s| s.same(&shared)) {
+                    self.machine.handle_stop(now, &role);
+                    self.stop_waiters.push((role, tx));
+                } else {
+                    let _ = tx.send(());
+                }
             }
             Ctrl::Shutdown(tx) => {
                 self.shutdown_waiters.push(tx);
@@ -212,12 +252,14 @@ impl NodeTask {
             let id = command.id();
             debug!(command = command.name(), %id, "run");
             let ctx = self.ctx.clone();
+            let name = command.name();
             self.running
-                .spawn(async move { (id, execute(ctx, command).await) });
+                .spawn(async move { (id, name, execute(ctx, command).await) });
         }
         while let Some(event) = self.machine.poll_event() {
             self.on_event(event);
         }
+        self.check_drains();
         let machine = &self.machine;
         let settled = |role: &Role, stop: bool| match machine.state(role) {
             None | Some(RoleState::Stopped) => true,
@@ -242,133 +284,20 @@ impl NodeTask {
         }
     }
 
-    fn publish(&self, role: &Role, leadership: Leadership, deadline: Option<Instant>) {
-        if let Some(shared) = self.shared.get(role) {
-            shared.status.send_replace(Status {
-                leadership,
-                deadline,
-            });
-        }
-    }
-
-    fn on_event(&mut self, event: Event) {
-        let ns = self.ctx.namespace.to_string();
-        match event {
-            Event::StartedLeading {
-                role,
-                term,
-                deadline,
-            } => {
-                info!(role = %role, term = %term, "started leading");
-                metrics::counter!("regent_elections_won_total", "namespace" => ns.clone(), "role" => role.to_string()).increment(1);
-                metrics::gauge!("regent_is_leader", "namespace" => ns, "role" => role.to_string())
-                    .set(1.0);
-                let leadership = Leadership::Leader {
-                    token: term,
-                    since: Instant::now(),
-                };
-                self.publish(&role, leadership, Some(self.instant(deadline)));
-            }
-            Event::DeadlineExtended { role, deadline } => {
-                let at = self.instant(deadline);
-                if let Some(shared) = self.shared.get(&role) {
-                    // Quietly: watchers care about leadership, not deadlines.
-                    shared.status.send_if_modified(|s| {
-                        s.deadline = Some(at);
-                        false
-                    });
-                }
-            }
-            Event::LeadershipAtRisk { role, deadline } => {
-                let left = self
-                    .instant(deadline)
-                    .saturating_duration_since(Instant::now());
-                warn!(role = %role, remaining = ?left, "renewals failing; leadership at risk");
-            }
-            Event::LeadershipRecovered { role } => info!(role = %role, "renewal succeeded again"),
-            Event::StoppedLeading { role, term, reason } => {
-                if reason.drains() {
-                    info!(role = %role, term = %term, reason = %reason, "stopped leading");
-                } else {
-                    warn!(role = %role, term = %term, reason = %reason, "stopped leading");
-                }
-                metrics::counter!("regent_leadership_lost_total", "namespace" => ns.clone(), "role" => role.to_string(), "reason" => reason.as_str()).increment(1);
-                metrics::gauge!("regent_is_leader", "namespace" => ns, "role" => role.to_string())
-                    .set(0.0);
-                self.publish(&role, Leadership::Follower { leader: None }, None);
-            }
-            Event::DrainRequested { role } => self.spawn_drain(role),
-            Event::LeaderObserved { role, leader } => {
-                if let Some(shared) = self.shared.get(&role) {
-                    let holder = leader.map(|l| l.holder);
-                    shared.status.send_if_modified(|s| match &mut s.leadership {
-                        Leadership::Follower { leader } if *leader != holder => {
-                            *leader = holder;
-                            true
-                        }
-                        _ => false,
-                    });
-                }
-            }
-            Event::ZombiePreempted { role, holder } => {
-                warn!(role = %role, holder = %holder, "terminated the session of a zombie holder whose lease had expired");
-            }
-            Event::PreemptNotPermitted { role } => warn!(
-                role = %role,
-                "zombie preemption is on but the database refused to terminate the holder's \
-                 session; grant the privilege (PostgreSQL: GRANT pg_signal_backend TO <user>) or \
-                 turn preemption off. Waiting for the lock instead"
-            ),
-            Event::SessionLost { reason } => {
-                warn!(reason = %reason, "database session lost; every lock on it is gone");
-            }
-            Event::CommandFailed {
-                command,
-                error,
-                retryable,
-            } => {
-                if retryable {
-                    debug!(command, error = %error, "backend call failed; the machine will retry");
-                } else {
-                    error!(command, error = %error, "backend call failed and will not succeed until fixed");
-                }
-            }
-            Event::RoleStopped { role } => self.publish(&role, Leadership::Stopped, None),
-        }
-    }
-
-    fn spawn_drain(&self, role: Role) {
-        let Some(shared) = self.shared.get(&role) else {
-            if let Some(tx) = self.weak.upgrade() {
-                let _ = tx.send(Ctrl::Drained(role));
-            }
-            return;
-        };
-        let weak = self.weak.clone();
-        tokio::spawn(async move {
-            let mut work = shared.work.subscribe();
-            let _ = work.wait_for(|n| *n == 0).await;
-            if let Some(tx) = weak.upgrade() {
-                let _ = tx.send(Ctrl::Drained(role));
-            }
-        });
-    }
-
     fn spawn_subscriber(&self) -> JoinHandle<()> {
         let backend = self.ctx.backend.clone();
         let namespace = self.ctx.namespace.clone();
         let weak = self.weak.clone();
         let retry = self.config.retry_interval();
         tokio::spawn(async move {
-            let mut first = true;
             loop {
                 match backend.subscribe(&namespace).await {
                     Ok(mut sub) => {
-                        if !first {
-                            // We were deaf for a while: poll.
-                            if !forward(&weak, NotifyEvent::MaybeMissed) {
-                                return;
-                            }
+                        // Until now we were deaf: before the first subscribe
+                        // as much as between two. A release published
+                        // meanwhile is lost, so poll (DESIGN §3).
+                        if !forward(&weak, NotifyEvent::MaybeMissed) {
+                            return;
                         }
                         loop {
                             match sub.recv().await {
@@ -388,7 +317,6 @@ impl NodeTask {
                         warn!(error = %e, "cannot subscribe to release notifications; retrying")
                     }
                 }
-                first = false;
                 tokio::time::sleep(retry).await;
             }
         })
