@@ -116,17 +116,13 @@ fn a_crashed_leader_costs_about_one_lease() {
     assert!(a.fraction_led() > 0.9 && a.fraction_led() < 1.0, "{report}");
 }
 
-/// A known gap in the machine, caught by the invariant (not fixed here:
-/// the machine lives in `regent-core`). A node sends one `Preempt` at a
-/// time and looks at roles in the same order every round, so a futile
-/// preemption of r0 — its lock held by a zombie that took the lock but
-/// never claimed, which preemption cannot reach — is retried every round,
-/// and r1's reachable zombie (the very same session here) is never
-/// preempted. In seed 1415 (3 × 2, all faults, 10 min) r1 stays leaderless
-/// past the bound from 174.8 s. When the machine is fixed, this run passes:
-/// turn the assertion into `assert!(report.passed())`.
+/// Seed 1415 once found preemption starved by a futile one: r0's lock was
+/// held by a session its lease row did not name, the machine re-sent that
+/// useless preemption every round, and r1's real zombie was never deposed
+/// (the availability bound caught it at about 198 s). The machine now skips
+/// a preemption that found no zombie behind an unchanged row.
 #[test]
-fn preemption_starved_by_a_futile_one_is_caught() {
+fn a_futile_preemption_no_longer_starves_another_role() {
     let report = run(&SimConfig {
         seed: 1415,
         nodes: 3,
@@ -135,10 +131,7 @@ fn preemption_starved_by_a_futile_one_is_caught() {
         faults: FaultSelection::All,
         ..SimConfig::default()
     });
-    assert_eq!(report.violations.len(), 1, "{report}");
-    let v = &report.violations[0];
-    assert_eq!(v.invariant, "availability", "{report}");
-    assert!(v.message.starts_with("role r1:"), "{report}");
+    assert!(report.passed(), "{report}");
     assert!(
         report
             .knobs
@@ -146,8 +139,4 @@ fn preemption_starved_by_a_futile_one_is_caught() {
             .any(|l| l.contains("preempt zombies: true (permitted: true)")),
         "{report}"
     );
-    // The zombie crash of r1's leader at 174.8 s starts it; the bound
-    // (23.2 s with preemption) runs out about 23 s later.
-    let at = v.at.as_duration();
-    assert!(at > secs(195) && at < secs(200), "{report}");
 }

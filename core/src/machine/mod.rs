@@ -31,7 +31,7 @@ use rand_core::Rng;
 
 use crate::backend::HeldLease;
 use crate::config::Config;
-use crate::types::{LocalInstant, Namespace, NodeId, Role, Term};
+use crate::types::{LeaseRecord, LocalInstant, Namespace, NodeId, Role, Term};
 
 pub use command::{
     Command, CommandId, CommandOutput, CommandResult, Event, ObservedLeader, StepDownReason,
@@ -49,7 +49,7 @@ enum Pending {
     Validate(Vec<(Role, u64)>),
     Ping,
     /// The role and the zombie holder's node id.
-    Preempt(Role, String),
+    Preempt(Role, LeaseRecord),
     Release(Role, u64),
     Notify,
     Reset,

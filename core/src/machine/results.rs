@@ -9,7 +9,7 @@ use crate::machine::command::{
 };
 use crate::machine::role::{Echo, Intent, LockHold, ReleasePhase, RoleState};
 use crate::machine::{Command, InFlight, Machine, Pending};
-use crate::types::{LocalInstant, Role};
+use crate::types::{LeaseRecord, LocalInstant, Role, Term};
 
 impl Machine {
     pub(super) fn on_result(&mut self, flight: InFlight, result: CommandResult) {
@@ -92,8 +92,8 @@ impl Machine {
             }
             (Pending::Ping, Ok(_)) => {}
             (Pending::Ping, Err(e)) => self.fail_session_if_lost(&e),
-            (Pending::Preempt(role, holder), Ok(CommandOutput::Preempt(out))) => {
-                self.on_preempt(&role, holder, out)
+            (Pending::Preempt(role, lease), Ok(CommandOutput::Preempt(out))) => {
+                self.on_preempt(&role, lease, out)
             }
             (
                 Pending::Release(role, epoch),
@@ -244,12 +244,19 @@ impl Machine {
                 && !self.preempt_refused
                 && db_now > lease.lease_until + grace
                 && !self.kind_in_flight(|p| matches!(p, Pending::Preempt(..)))
+                && !self
+                    .roles
+                    .get(role)
+                    .is_some_and(|e| e.futile_preempt == Some(preempt_key(&lease)))
             {
                 let id = self.next_id();
-                let holder = lease.holder.clone();
                 self.send(
-                    Command::Preempt { id, lease, grace },
-                    Pending::Preempt(role.clone(), holder),
+                    Command::Preempt {
+                        id,
+                        lease: lease.clone(),
+                        grace,
+                    },
+                    Pending::Preempt(role.clone(), lease),
                 );
             }
         }
@@ -402,7 +409,11 @@ impl Machine {
         };
     }
 
-    fn on_preempt(&mut self, role: &Role, holder: String, out: PreemptOutcome) {
+    fn on_preempt(&mut self, role: &Role, lease: LeaseRecord, out: PreemptOutcome) {
+        let holder = lease.holder.clone();
+        if let Some(e) = self.roles.get_mut(role) {
+            e.futile_preempt = (out == PreemptOutcome::NotZombie).then(|| preempt_key(&lease));
+        }
         match out {
             PreemptOutcome::Terminated => {
                 // The zombie's name comes from the row it was preempted for:
@@ -468,4 +479,9 @@ impl Machine {
             self.finish(&role);
         }
     }
+}
+
+/// What identifies the lease row a preemption was for.
+fn preempt_key(lease: &LeaseRecord) -> (String, Term, Option<i64>) {
+    (lease.holder.clone(), lease.term, lease.session)
 }

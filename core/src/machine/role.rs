@@ -119,6 +119,11 @@ pub(crate) struct RoleEntry {
     /// Changes whenever the lock changes hands on this session, so results of
     /// commands sent before the change are not applied after it.
     pub(crate) lock_epoch: u64,
+    /// The lease row (holder, term, holder session) behind which the last
+    /// preemption found no zombie to depose. It is not tried again while
+    /// the row is unchanged, so one futile preemption cannot starve the
+    /// node's other roles (one preemption is in flight at a time).
+    pub(crate) futile_preempt: Option<(String, Term, Option<i64>)>,
 }
 
 impl RoleEntry {
@@ -138,6 +143,7 @@ impl RoleEntry {
             hold_off_until: now,
             echo: Echo::None,
             lock_epoch: 0,
+            futile_preempt: None,
         }
     }
 
