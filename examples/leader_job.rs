@@ -47,61 +47,68 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     println!("{me}: campaigning for {role}");
 
+    // Run the job every time this node leads, until Ctrl-C.
+    let stop = regent::CancellationToken::new();
     let job = {
-        let leader = leader.clone();
-        let me = me.clone();
+        let (leader, stop) = (leader.clone(), stop.clone());
         tokio::spawn(async move {
-            loop {
-                let run = leader
-                    .run_while_leader(|cancel, token| {
-                        let (backend, namespace, role, me) =
-                            (backend.clone(), namespace.clone(), role.clone(), me.clone());
-                        async move {
-                            println!("{me}: leading with token {token}");
-                            loop {
-                                tokio::select! {
-                                    () = cancel.cancelled() => break,
-                                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                                }
-                                // The write happens only if the lease still
-                                // names us at this term.
-                                let mut tx =
-                                    match backend.fenced(&namespace, &role, &me, token).await {
-                                        Ok(tx) => tx,
-                                        Err(e) => {
-                                            eprintln!("{me}: fenced write refused: {e}");
-                                            break;
-                                        }
-                                    };
-                                let value: (i64,) = sqlx::query_as(
-                                    "INSERT INTO regent_example_counter (id, value, token)
-                                     VALUES (1, 1, $1)
-                                     ON CONFLICT (id) DO UPDATE
-                                        SET value = regent_example_counter.value + 1, token = $1
-                                     RETURNING value",
-                                )
-                                .bind(token.0 as i64)
-                                .fetch_one(&mut *tx)
-                                .await
-                                .unwrap_or((-1,));
-                                if tx.commit().await.is_ok() {
-                                    println!("{me}: counter = {} (token {token})", value.0);
-                                }
-                            }
-                            println!("{me}: no longer leader");
-                        }
-                    })
-                    .await;
-                if run.is_err() {
-                    return; // stopped
-                }
-            }
+            leader
+                .run_each_term(stop, |cancel, fence| {
+                    let backend = backend.clone();
+                    async move { count_while_leading(&backend, &fence, cancel).await }
+                })
+                .await;
         })
     };
 
     tokio::signal::ctrl_c().await?;
     println!("{me}: shutting down (drain, release, notify)");
+    stop.cancel();
     leader.shutdown().await;
-    job.abort();
+    let _ = job.await;
     Ok(())
+}
+
+/// The leader-only work of one term: increment the counter every 500 ms,
+/// each write fenced so that it commits only while `fence` still holds.
+async fn count_while_leading(
+    backend: &SqlxBackend,
+    fence: &regent::Fence,
+    cancel: regent::CancellationToken,
+) {
+    println!("{}: leading ({fence})", fence.holder());
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let mut tx = match backend.fenced(fence).await {
+            Ok(tx) => tx,
+            Err(e) => {
+                eprintln!("{}: fenced write refused: {e}", fence.holder());
+                break;
+            }
+        };
+        let value: Result<(i64,), _> = sqlx::query_as(
+            "INSERT INTO regent_example_counter (id, value, token)
+             VALUES (1, 1, $1)
+             ON CONFLICT (id) DO UPDATE
+                SET value = regent_example_counter.value + 1, token = $1
+             RETURNING value",
+        )
+        .bind(fence.term())
+        .fetch_one(&mut *tx)
+        .await;
+        match value {
+            Ok((value,)) if tx.commit().await.is_ok() => {
+                println!(
+                    "{}: counter = {value} (term {})",
+                    fence.holder(),
+                    fence.term()
+                );
+            }
+            _ => eprintln!("{}: write failed; retrying", fence.holder()),
+        }
+    }
+    println!("{}: no longer leader", fence.holder());
 }

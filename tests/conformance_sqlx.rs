@@ -76,7 +76,15 @@ impl Factory for SqlxFactory {
         token: Term,
         hold: Duration,
     ) -> Result<(), FenceError> {
-        match node.fenced(namespace, role, holder, token).await {
+        match node
+            .fenced(&regent::Fence::new(
+                namespace.clone(),
+                role.clone(),
+                holder.clone(),
+                token,
+            ))
+            .await
+        {
             Ok(tx) => {
                 tokio::time::sleep(hold).await;
                 tx.commit()

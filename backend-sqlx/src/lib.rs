@@ -57,7 +57,7 @@ mod builder;
 mod driver;
 mod error;
 
-use regent_core::{Namespace, NodeId, Role, Term};
+use regent_core::Fence;
 use regent_postgres::{PgBackend, Settings, TableName};
 use sqlx::{PgPool, Postgres, Transaction};
 
@@ -127,20 +127,50 @@ impl SqlxBackend {
         self.inner.table()
     }
 
-    /// Opens a transaction on the pool that commits only while `holder`
-    /// still holds `role` at `token` (see [`PgBackend::fence`]): a deposed
-    /// leader's write fails with [`FencedError::Stale`], and a takeover
-    /// cannot claim the role until this transaction ends.
+    /// Opens a transaction on the pool that commits only while `fence`
+    /// still holds (see [`PgBackend::fence`]): a deposed leader's write
+    /// fails with [`FencedError::Stale`], and a takeover cannot claim the
+    /// role until this transaction ends.
+    ///
+    /// ```no_run
+    /// # async fn demo(backend: regent_sqlx::SqlxBackend, fence: regent_core::Fence)
+    /// # -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut tx = backend.fenced(&fence).await?;
+    /// sqlx::query("INSERT INTO jobs_done (term) VALUES ($1)")
+    ///     .bind(fence.term()) // a Term is a bigint parameter
+    ///     .execute(&mut *tx)
+    ///     .await?;
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn fenced(
         &self,
-        namespace: &Namespace,
-        role: &Role,
-        holder: &NodeId,
-        token: Term,
+        fence: &Fence,
     ) -> Result<Transaction<'static, Postgres>, FencedError> {
         let mut tx = self.pool().begin().await.map_err(|e| self.fence_db(e))?;
-        check_fence(self, &mut tx, namespace, role, holder, token).await?;
+        self.check_fence(&mut tx, fence).await?;
         Ok(tx)
+    }
+
+    /// Fences a transaction you opened yourself (on any pool or connection
+    /// to this database): after this returns `Ok`, `tx` commits only while
+    /// `fence` holds. Run it first in the transaction.
+    ///
+    /// ```no_run
+    /// # async fn demo(backend: regent_sqlx::SqlxBackend, pool: sqlx::PgPool, fence: regent_core::Fence)
+    /// # -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut tx = pool.begin().await?;
+    /// backend.check_fence(&mut tx, &fence).await?;
+    /// // ... leader-only writes on `tx` ...
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn check_fence(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        fence: &Fence,
+    ) -> Result<(), FencedError> {
+        self.inner.fence(&mut driver::OnConn(tx), fence).await
     }
 
     fn fence_db(&self, e: sqlx::Error) -> FencedError {
@@ -150,21 +180,4 @@ impl SqlxBackend {
             None => FencedError::Database(e),
         }
     }
-}
-
-/// Fences a transaction you opened yourself (on any pool or connection):
-/// after this returns `Ok`, `tx` commits only while `holder` holds `role`
-/// at `token`. Run it first in the transaction.
-pub async fn check_fence(
-    backend: &SqlxBackend,
-    tx: &mut sqlx::PgConnection,
-    namespace: &Namespace,
-    role: &Role,
-    holder: &NodeId,
-    token: Term,
-) -> Result<(), FencedError> {
-    backend
-        .inner
-        .fence(&mut driver::OnConn(tx), namespace, role, holder, token)
-        .await
 }

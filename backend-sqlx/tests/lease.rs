@@ -159,7 +159,15 @@ async fn fenced_transaction_rejects_a_stale_token() {
     let insert = format!("INSERT INTO \"{}\".writes VALUES ($1)", ctx.schema);
 
     // No lease yet: stale.
-    let e = a.fenced(&ctx.ns(), &r, &ida, Term(1)).await.unwrap_err();
+    let e = a
+        .fenced(&regent_core::Fence::new(
+            ctx.ns().clone(),
+            r.clone(),
+            ida.clone(),
+            Term(1),
+        ))
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             e,
@@ -175,15 +183,41 @@ async fn fenced_transaction_rejects_a_stale_token() {
         .await
         .unwrap();
     let t1 = a.claim(&ctx.ns(), &r, &ida, LEASE).await.unwrap().term;
-    let mut tx = a.fenced(&ctx.ns(), &r, &ida, t1).await.unwrap();
+    let mut tx = a
+        .fenced(&regent_core::Fence::new(
+            ctx.ns().clone(),
+            r.clone(),
+            ida.clone(),
+            t1,
+        ))
+        .await
+        .unwrap();
     sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
         .bind(1_i64)
         .execute(&mut *tx)
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    assert!(a.fenced(&ctx.ns(), &r, &idb, t1).await.is_err());
-    assert!(a.fenced(&ctx.ns(), &r, &ida, Term(t1.0 + 1)).await.is_err());
+    assert!(
+        a.fenced(&regent_core::Fence::new(
+            ctx.ns().clone(),
+            r.clone(),
+            idb.clone(),
+            t1
+        ))
+        .await
+        .is_err()
+    );
+    assert!(
+        a.fenced(&regent_core::Fence::new(
+            ctx.ns().clone(),
+            r.clone(),
+            ida.clone(),
+            Term(t1.0 + 1)
+        ))
+        .await
+        .is_err()
+    );
 
     // b takes over: a's token is stale from now on.
     a.expire(&ctx.ns(), &r, &ida, t1).await.unwrap();
@@ -192,7 +226,16 @@ async fn fenced_transaction_rejects_a_stale_token() {
         .await
         .unwrap();
     let t2 = b.claim(&ctx.ns(), &r, &idb, LEASE).await.unwrap().term;
-    match a.fenced(&ctx.ns(), &r, &ida, t1).await.unwrap_err() {
+    match a
+        .fenced(&regent_core::Fence::new(
+            ctx.ns().clone(),
+            r.clone(),
+            ida.clone(),
+            t1,
+        ))
+        .await
+        .unwrap_err()
+    {
         FencedError::Stale(regent_postgres::Stale {
             token,
             current_holder,
@@ -205,12 +248,17 @@ async fn fenced_transaction_rejects_a_stale_token() {
         }
         other => panic!("expected Stale, got {other}"),
     }
-    b.fenced(&ctx.ns(), &r, &idb, t2)
-        .await
-        .unwrap()
-        .commit()
-        .await
-        .unwrap();
+    b.fenced(&regent_core::Fence::new(
+        ctx.ns().clone(),
+        r.clone(),
+        idb.clone(),
+        t2,
+    ))
+    .await
+    .unwrap()
+    .commit()
+    .await
+    .unwrap();
     ctx.cleanup().await;
 }
 
@@ -223,7 +271,15 @@ async fn takeover_claim_is_busy_while_fenced_work_is_in_flight() {
         .await
         .unwrap();
     let t1 = a.claim(&ctx.ns(), &r, &ida, LEASE).await.unwrap().term;
-    let tx = a.fenced(&ctx.ns(), &r, &ida, t1).await.unwrap();
+    let tx = a
+        .fenced(&regent_core::Fence::new(
+            ctx.ns().clone(),
+            r.clone(),
+            ida.clone(),
+            t1,
+        ))
+        .await
+        .unwrap();
     // a's session goes away (crash); b gets the lock and claims.
     a.reset().await;
     ctx.wait_gone(&ctx.app("a")).await;
@@ -277,7 +333,15 @@ async fn an_idle_fenced_transaction_is_ended_by_the_server_and_the_claim_proceed
     assert!(granted(&a, &ctx.ns(), &r).await);
     let t1 = a.claim(&ctx.ns(), &r, &ida, LEASE).await.unwrap().term;
     // a's fenced transaction holds the row FOR KEY SHARE, then a freezes.
-    let mut tx = a.fenced(&ctx.ns(), &r, &ida, t1).await.unwrap();
+    let mut tx = a
+        .fenced(&regent_core::Fence::new(
+            ctx.ns().clone(),
+            r.clone(),
+            ida.clone(),
+            t1,
+        ))
+        .await
+        .unwrap();
     a.reset().await;
     ctx.wait_gone(&ctx.app("a")).await;
     assert!(granted(&b, &ctx.ns(), &r).await);
@@ -302,7 +366,13 @@ async fn an_idle_fenced_transaction_is_ended_by_the_server_and_the_claim_proceed
     assert!(commit.is_err(), "the idle fenced transaction committed");
     // The pool recovers, and a's old token is now stale.
     assert!(matches!(
-        a.fenced(&ctx.ns(), &r, &ida, t1).await,
+        a.fenced(&regent_core::Fence::new(
+            ctx.ns().clone(),
+            r.clone(),
+            ida.clone(),
+            t1
+        ))
+        .await,
         Err(FencedError::Stale(_))
     ));
     ctx.cleanup().await;

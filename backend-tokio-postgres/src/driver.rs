@@ -16,7 +16,7 @@ use regent_postgres::driver::{
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{AsyncMessage, Client, Config, SimpleQueryMessage, Statement};
+use tokio_postgres::{AsyncMessage, Client, Config, GenericClient, SimpleQueryMessage, Statement};
 
 use crate::connect::{Connector, MessageStream};
 use crate::error::describe;
@@ -94,7 +94,7 @@ fn io_failure(e: &tokio_postgres::Error) -> bool {
     false
 }
 
-fn params(params: &[Param]) -> Vec<Box<dyn ToSql + Sync + Send>> {
+fn params_of(params: &[Param]) -> Vec<Box<dyn ToSql + Sync + Send>> {
     params
         .iter()
         .map(|p| -> Box<dyn ToSql + Sync + Send> {
@@ -157,7 +157,7 @@ async fn query_on(
     statement: &Statement,
     ps: &[Param],
 ) -> Result<Vec<Row>, DbError> {
-    let owned = params(ps);
+    let owned = params_of(ps);
     let refs: Vec<&(dyn ToSql + Sync)> = owned
         .iter()
         .map(|b| b.as_ref() as &(dyn ToSql + Sync))
@@ -349,19 +349,24 @@ impl Driver for TokioPgDriver {
     }
 }
 
-/// A client (a pooled connection, a transaction's) that a fence check runs
+/// A client (a pooled connection, a transaction) that a fence check runs
 /// on.
-pub(crate) struct OnClient<'a>(pub(crate) &'a Client);
+pub(crate) struct OnClient<'a, C>(pub(crate) &'a C);
 
 #[async_trait]
-impl TxExec for OnClient<'_> {
+impl<C: GenericClient + Sync> TxExec for OnClient<'_, C> {
     async fn tx_simple(&mut self, sql: &str) -> Result<(), DbError> {
         self.0.batch_execute(sql).await.map_err(|e| db_error(&e))
     }
 
     async fn tx_query(&mut self, sql: &str, params: &[Param]) -> Result<Vec<Row>, DbError> {
-        let statement = self.0.prepare(sql).await.map_err(|e| db_error(&e))?;
-        query_on(self.0, &statement, params).await
+        let owned = params_of(params);
+        let refs: Vec<&(dyn ToSql + Sync)> = owned
+            .iter()
+            .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        let rows = self.0.query(sql, &refs).await.map_err(|e| db_error(&e))?;
+        rows.iter().map(decode).collect()
     }
 }
 

@@ -1,10 +1,10 @@
 //! Fenced transactions: leader-only writes that a stale leader cannot make.
 
 use deadpool_postgres::Object;
-use regent_core::{Namespace, NodeId, Role, Term};
+use regent_core::Fence;
 use regent_postgres as postgres;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Row, ToStatement};
+use tokio_postgres::{Client, GenericClient, Row, ToStatement};
 
 use regent_postgres::TxExec;
 use regent_postgres::driver::DbError;
@@ -127,13 +127,7 @@ impl TokioPgBackend {
     /// cannot claim the role until this transaction ends. The server ends
     /// it if it sits idle longer than `fenced_idle_timeout` (10 s by
     /// default), so a frozen caller cannot hold off a takeover forever.
-    pub async fn fenced(
-        &self,
-        namespace: &Namespace,
-        role: &Role,
-        holder: &NodeId,
-        token: Term,
-    ) -> Result<FencedTransaction, FencedError> {
+    pub async fn fenced(&self, fence: &Fence) -> Result<FencedTransaction, FencedError> {
         let client = self.pool().get().await.map_err(|e| {
             FencedError::Database(DbError::other(format!(
                 "no pooled connection: {}; enlarge the pool",
@@ -147,28 +141,34 @@ impl TokioPgBackend {
             client: Some(client),
             done: false,
         };
-        let mut on = OnClient(tx.object());
+        let client: &Client = tx.object();
+        let mut on = OnClient(client);
         on.tx_simple(postgres::BEGIN)
             .await
             .map_err(FencedError::Database)?;
         // On a stale token, dropping `tx` rolls it back.
-        self.fence(&mut on, namespace, role, holder, token).await?;
+        self.fence(&mut on, fence).await?;
         Ok(tx)
     }
-}
 
-/// Fences a transaction you opened yourself (on any pool or connection):
-/// after this returns `Ok`, the transaction on `client` commits only while
-/// `holder` holds `role` at `token`. Run it first in the transaction.
-pub async fn check_fence(
-    backend: &TokioPgBackend,
-    client: &Client,
-    namespace: &Namespace,
-    role: &Role,
-    holder: &NodeId,
-    token: Term,
-) -> Result<(), FencedError> {
-    backend
-        .fence(&mut OnClient(client), namespace, role, holder, token)
-        .await
+    /// Fences a transaction you opened yourself (on any pool or connection
+    /// to this database, e.g. a `tokio_postgres::Transaction` or a client
+    /// inside one): after this returns `Ok`, the transaction commits only
+    /// while `fence` holds. Run it first in the transaction.
+    ///
+    /// ```no_run
+    /// # async fn demo(backend: regent_tokio_postgres::TokioPgBackend, mut client: tokio_postgres::Client, fence: regent_core::Fence)
+    /// # -> Result<(), Box<dyn std::error::Error>> {
+    /// let tx = client.transaction().await?;
+    /// backend.check_fence(&tx, &fence).await?;
+    /// tx.execute("INSERT INTO jobs_done (term) VALUES ($1)", &[&fence.term()]).await?;
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn check_fence<C>(&self, client: &C, fence: &Fence) -> Result<(), FencedError>
+    where
+        C: GenericClient + Sync,
+    {
+        self.fence(&mut OnClient(client), fence).await
+    }
 }

@@ -102,7 +102,7 @@ use tokio_postgres::Config;
 pub use builder::{SessionSettings, TokioPgBackendBuilder};
 pub use driver::{TokioPgConn, TokioPgDriver, TokioPgListener};
 pub use error::SetupError;
-pub use fenced::{FencedTransaction, check_fence};
+pub use fenced::FencedTransaction;
 pub use regent_postgres::{FencedError, PgSubscription};
 
 use connect::Connector;

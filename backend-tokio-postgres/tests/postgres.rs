@@ -229,7 +229,15 @@ async fn fenced_transactions_reject_stale_tokens() {
     let insert = format!("INSERT INTO {work} VALUES ($1, $2)");
 
     // No lease row yet: stale.
-    let e = a.fenced(ns, &r, &na, Term(1)).await.unwrap_err();
+    let e = a
+        .fenced(&regent_core::Fence::new(
+            ns.clone(),
+            r.clone(),
+            na.clone(),
+            Term(1),
+        ))
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             e,
@@ -243,13 +251,29 @@ async fn fenced_transactions_reject_stale_tokens() {
 
     assert!(lock_one(&a, ns, &r).await);
     let t1 = a.claim(ns, &r, &na, LEASE).await.unwrap().term;
-    let tx = a.fenced(ns, &r, &na, t1).await.unwrap();
+    let tx = a
+        .fenced(&regent_core::Fence::new(
+            ns.clone(),
+            r.clone(),
+            na.clone(),
+            t1,
+        ))
+        .await
+        .unwrap();
     tx.execute(&insert, &[&1_i64, &"a"]).await.unwrap();
     tx.commit().await.unwrap();
 
     // An open fenced transaction holds off a takeover until it ends: the
     // claim is refused as busy (it never waits on the shared session).
-    let tx = a.fenced(ns, &r, &na, t1).await.unwrap();
+    let tx = a
+        .fenced(&regent_core::Fence::new(
+            ns.clone(),
+            r.clone(),
+            na.clone(),
+            t1,
+        ))
+        .await
+        .unwrap();
     tx.execute(&insert, &[&2_i64, &"a"]).await.unwrap();
     a.unlock(ns, &r).await.unwrap();
     assert!(lock_one(&b, ns, &r).await);
@@ -261,7 +285,15 @@ async fn fenced_transactions_reject_stale_tokens() {
     assert_eq!(t2, Term(2));
 
     // The deposed leader's token is now stale; the write never happens.
-    let e = a.fenced(ns, &r, &na, t1).await.unwrap_err();
+    let e = a
+        .fenced(&regent_core::Fence::new(
+            ns.clone(),
+            r.clone(),
+            na.clone(),
+            t1,
+        ))
+        .await
+        .unwrap_err();
     match &e {
         FencedError::Stale(regent_postgres::Stale {
             current_holder,
@@ -276,14 +308,36 @@ async fn fenced_transactions_reject_stale_tokens() {
     assert!(e.to_string().contains("stale fencing token 1"), "{e}");
     // Right term, wrong holder: stale too.
     assert!(matches!(
-        a.fenced(ns, &r, &na, t2).await,
+        a.fenced(&regent_core::Fence::new(
+            ns.clone(),
+            r.clone(),
+            na.clone(),
+            t2
+        ))
+        .await,
         Err(FencedError::Stale(_))
     ));
     // A dropped (uncommitted) transaction writes nothing.
-    let tx = b.fenced(ns, &r, &nb, t2).await.unwrap();
+    let tx = b
+        .fenced(&regent_core::Fence::new(
+            ns.clone(),
+            r.clone(),
+            nb.clone(),
+            t2,
+        ))
+        .await
+        .unwrap();
     tx.execute(&insert, &[&3_i64, &"b"]).await.unwrap();
     drop(tx);
-    let tx = b.fenced(ns, &r, &nb, t2).await.unwrap();
+    let tx = b
+        .fenced(&regent_core::Fence::new(
+            ns.clone(),
+            r.clone(),
+            nb.clone(),
+            t2,
+        ))
+        .await
+        .unwrap();
     let rows = tx
         .query(&format!("SELECT id FROM {work} ORDER BY id"), &[])
         .await
@@ -574,7 +628,15 @@ async fn an_idle_fenced_transaction_is_ended_by_the_server_and_the_claim_proceed
     assert!(lock_one(&a, ns, &r).await);
     let t1 = a.claim(ns, &r, &na, LEASE).await.unwrap().term;
     // a's fenced transaction holds the row FOR KEY SHARE, then a freezes.
-    let tx = a.fenced(ns, &r, &na, t1).await.unwrap();
+    let tx = a
+        .fenced(&regent_core::Fence::new(
+            ns.clone(),
+            r.clone(),
+            na.clone(),
+            t1,
+        ))
+        .await
+        .unwrap();
     a.unlock(ns, &r).await.unwrap();
     assert!(lock_one(&b, ns, &r).await);
     // b's claim is busy until the server ends the idle transaction (after
@@ -597,7 +659,13 @@ async fn an_idle_fenced_transaction_is_ended_by_the_server_and_the_claim_proceed
     assert!(commit.is_err(), "the idle fenced transaction committed");
     // The pool recovers, and a's old token is now stale.
     assert!(matches!(
-        a.fenced(ns, &r, &na, t1).await,
+        a.fenced(&regent_core::Fence::new(
+            ns.clone(),
+            r.clone(),
+            na.clone(),
+            t1
+        ))
+        .await,
         Err(FencedError::Stale(_))
     ));
     ctx.drop_schema().await;

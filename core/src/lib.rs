@@ -97,6 +97,8 @@
 
 pub mod backend;
 pub mod config;
+#[cfg(any(feature = "sqlx", feature = "postgres-types"))]
+mod encode;
 pub mod machine;
 pub mod types;
 

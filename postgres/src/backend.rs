@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use regent_core::{
-    Backend, BackendError, ClaimOutcome, DbTimestamp, HeldLease, Lease, LeaseRecord, Lock,
+    Backend, BackendError, ClaimOutcome, DbTimestamp, Fence, HeldLease, Lease, LeaseRecord, Lock,
     Namespace, NodeId, Notify, PreemptOutcome, Released, RenewOutcome, Role, Subscription, Term,
     TryLockOutcome,
 };
@@ -366,23 +366,18 @@ pub enum FencedError {
 }
 
 impl<D: Driver> PgBackend<D> {
-    /// Fences the transaction `tx` for `holder` at `token`: bounds its idle
+    /// Fences the transaction `tx` with `fence`: bounds its idle
     /// time and statements (`SET LOCAL`, see
     /// [`Settings::fenced_gucs`]), then reads the role's lease row
-    /// `FOR KEY SHARE` and checks that it still names `holder` at `token`.
+    /// `FOR KEY SHARE` and checks that it still names the fence's holder at
+    /// its term.
     ///
     /// Holding that row lock until `tx` ends makes a takeover's claim
     /// (`FOR UPDATE`) wait for — or, being `NOWAIT`, retry after — the
     /// in-flight fenced work, while the leader's own renewal (an `UPDATE`
     /// of non-key columns, `FOR NO KEY UPDATE`) does not conflict with it.
-    pub async fn fence<E: TxExec>(
-        &self,
-        tx: &mut E,
-        namespace: &Namespace,
-        role: &Role,
-        holder: &NodeId,
-        token: Term,
-    ) -> Result<(), FencedError> {
+    pub async fn fence<E: TxExec>(&self, tx: &mut E, fence: &Fence) -> Result<(), FencedError> {
+        let (namespace, role) = (fence.namespace(), fence.role());
         let e = &self.engine;
         let db = |err: DbError| match crate::misconfiguration(
             err.sqlstate.as_deref(),
@@ -412,7 +407,7 @@ impl<D: Driver> PgBackend<D> {
             )),
             None => None,
         };
-        crate::check_fenced(namespace, role, holder, token, current)?;
+        crate::check_fenced(namespace, role, fence.holder(), fence.term(), current)?;
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ use crate::driver::status::WorkGuard;
 use crate::types::{Fence, Term};
 
 impl LeaderHandle {
-    /// Waits until this node leads, then runs `work(cancel, term)`. `cancel`
+    /// Waits until this node leads, then runs `work(cancel, fence)`. `cancel`
     /// fires the moment leadership ends (deadline, lock loss, takeover,
     /// resign, shutdown); `work` should then stop promptly. Returns `work`'s
     /// output once it finishes. `work` is never started for a term that has
@@ -23,19 +23,18 @@ impl LeaderHandle {
     /// bound: after [`Config::drain_timeout`](crate::Config::drain_timeout)
     /// the lease is released anyway and a
     /// [`DrainOverrun`](crate::DrainOverrun) is reported. Work that can
-    /// outlive the bound must guard its writes with the term.
+    /// outlive the bound must guard its writes with the [`Fence`] (a
+    /// backend's `fenced(&fence)`, or its term passed downstream).
     ///
     /// # Errors
     /// [`ElectorError::Stopped`] if the role stops before this node leads.
     pub async fn run_while_leader<F, Fut, T>(&self, work: F) -> Result<T, ElectorError>
     where
-        F: FnOnce(CancellationToken, Term) -> Fut,
+        F: FnOnce(CancellationToken, Fence) -> Fut,
         Fut: Future<Output = T>,
     {
         let never = CancellationToken::new();
-        let out = self
-            .lead_once(&never, |cancel, fence| work(cancel, fence.term()))
-            .await?;
+        let out = self.lead_once(&never, work).await?;
         // `lead_once` returns `None` only once `never` fires, which it
         // does not; report it as the role stopping all the same.
         out.map(|(out, _)| out).ok_or(ElectorError::Stopped)

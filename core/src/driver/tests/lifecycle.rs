@@ -147,7 +147,7 @@ async fn work_never_starts_in_a_term_that_has_ended() {
     let lost_at = Instant::now();
     let ll = l.clone();
     let work = h.run_while_leader(move |cancel, term| async move {
-        log(&ll, format!("start {term}"));
+        log(&ll, format!("start {}", term.term()));
         cancel.cancelled().await;
         term
     });
@@ -166,7 +166,7 @@ async fn work_never_starts_in_a_term_that_has_ended() {
     };
     let (term, led_at) = tokio::join!(work, retake);
     // It ran once, in the next term, not in the one that had ended.
-    assert_eq!(term.unwrap(), Term(8));
+    assert_eq!(term.unwrap().term(), Term(8));
     assert!(led_at - lost_at >= Duration::from_secs(3));
     let starts: Vec<String> = entries(&l)
         .into_iter()

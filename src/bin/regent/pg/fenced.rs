@@ -133,7 +133,12 @@ impl Writer {
     async fn write(&self, token: FencingToken) -> Outcome {
         let mut tx = match self
             .backend
-            .fenced(&self.namespace, &self.role, &self.holder, token)
+            .fenced(&regent::Fence::new(
+                self.namespace.clone(),
+                self.role.clone(),
+                self.holder.clone(),
+                token,
+            ))
             .await
         {
             Ok(tx) => tx,
