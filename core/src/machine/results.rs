@@ -244,10 +244,10 @@ impl Machine {
                 && !self.preempt_refused
                 && db_now > lease.lease_until + grace
                 && !self.kind_in_flight(|p| matches!(p, Pending::Preempt(..)))
-                && !self
+                && self
                     .roles
                     .get(role)
-                    .is_some_and(|e| e.futile_preempt == Some(preempt_key(&lease)))
+                    .is_none_or(|e| e.futile_preempt != Some(preempt_key(&lease)))
             {
                 let id = self.next_id();
                 self.send(
