@@ -377,3 +377,41 @@ async fn an_idle_fenced_transaction_is_ended_by_the_server_and_the_claim_proceed
     ));
     ctx.cleanup().await;
 }
+
+/// A release that names no term (the caller gave up on its claim, or let
+/// go before its wait for the predecessor was over) shortens this
+/// session's claim to the end of the lease it replaced: an unled claim
+/// never makes the next holder wait a whole extra lease, and a predecessor
+/// that may still act is still waited for.
+#[tokio::test]
+async fn a_release_without_a_term_shortens_the_claim_to_its_predecessor() {
+    use regent_core::Backend;
+    let ctx = Ctx::new("unled").await;
+    let (a, b) = (ctx.node("a"), ctx.node("b"));
+    let (r, s, ida, idb) = (role("r"), role("s"), node_id("a"), node_id("b"));
+    let ns = ctx.ns();
+    // a leads r; its session dies, its lease runs on.
+    assert!(granted(&a, &ns, &r).await);
+    let ta = a.claim(&ns, &r, &ida, LEASE).await.unwrap();
+    a.reset().await;
+    ctx.wait_gone(&ctx.app("a")).await;
+    assert!(granted(&b, &ns, &r).await);
+    let tb = b.claim(&ns, &r, &idb, LEASE).await.unwrap();
+    let a_until = tb.previous.clone().unwrap().lease_until;
+    assert_eq!(tb.term, Term(ta.term.0 + 1));
+    // b lets go without a term (as after a claim it gave up on).
+    b.release(&ns, &r, &idb, None).await.unwrap();
+    let (_, rows) = b.read(&ns, std::slice::from_ref(&r)).await.unwrap();
+    assert_eq!(rows[0].term, tb.term);
+    assert_eq!(
+        rows[0].lease_until, a_until,
+        "the unled claim must end with a's lease, not a lease later"
+    );
+    // With no running predecessor, the unled claim ends now.
+    assert!(granted(&b, &ns, &s).await);
+    b.claim(&ns, &s, &idb, LEASE).await.unwrap();
+    b.release(&ns, &s, &idb, None).await.unwrap();
+    let (now, rows) = b.read(&ns, std::slice::from_ref(&s)).await.unwrap();
+    assert!(rows[0].lease_until <= now);
+    ctx.cleanup().await;
+}

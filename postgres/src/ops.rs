@@ -229,10 +229,18 @@ impl<D: Driver> Engine<D> {
         }
     }
 
-    /// Ends the lease (when `term` is given), unlocks and notifies in one
-    /// statement (see [`crate::Statements::release`]). Returns whether the
-    /// notification went out: not when this session did not hold the lock
-    /// (then only the lease is ended).
+    /// Ends the lease, unlocks and notifies in one statement (see
+    /// [`crate::Statements::release`]). Returns whether the notification
+    /// went out: not when this session did not hold the lock (then only
+    /// the lease is ended).
+    ///
+    /// With `term`, the lease ends now. Without one — the caller gave up on
+    /// a claim that may have committed, or releases before its wait for
+    /// the predecessor's lease was over — a claim this session committed
+    /// is shortened to the end of the lease it replaced, never earlier: a
+    /// claim nobody led then costs the next holder nothing, and a
+    /// predecessor that may still act until its lease ends is still waited
+    /// for (DESIGN §2 rule 3).
     async fn release(
         &self,
         s: &mut Session<D::Conn>,
@@ -242,6 +250,13 @@ impl<D: Driver> Engine<D> {
         term: Option<Term>,
     ) -> Result<bool, BackendError> {
         let key = AdvisoryKey::derive(ns, role);
+        let claimed = s.claims.remove(&key);
+        let (term, floor_us) = match (term, claimed) {
+            (Some(t), _) => (Some(t), None),
+            // No unexpired predecessor: `greatest(now(), NULL)` is now().
+            (None, Some((t, prev_until))) => (Some(t), prev_until),
+            (None, None) => (None, None),
+        };
         let owned = [
             Param::Text(ns.as_str().to_owned()),
             Param::Text(role.as_str().to_owned()),
@@ -266,6 +281,7 @@ impl<D: Driver> Engine<D> {
             Param::Int4(key.ns),
             Param::Int4(key.role),
             Param::Text(crate::notify_channel(ns)),
+            Param::OptInt8(floor_us),
         ]);
         let rows = self
             .q(s, &sql, &params)
@@ -366,6 +382,7 @@ impl<D: Driver> Engine<D> {
             .await
             .map_err(|e| self.lock_error(e))?;
         s.held.remove(&key);
+        s.claims.remove(&key);
         let unlocked = rows.first().map(|r| r.bool("unlocked"));
         if !matches!(unlocked, Some(Ok(true))) {
             tracing::warn!(%ns, %role, "advisory lock was not held at unlock");
@@ -428,11 +445,21 @@ impl<D: Driver> Engine<D> {
         let bad = |e: DbError| crate::unreadable_row(&e.message);
         let row = rows.first().ok_or_else(|| bad(DbError::other("no row")))?;
         let new_term = row.int("new_term").map_err(|e| bad(e.into()))?;
-        Ok(ClaimOutcome {
+        let outcome = ClaimOutcome {
             term: crate::term_from_db(new_term)?,
             previous: lease_from_row(row, ns, role)?,
             db_now: db_now(row).map_err(bad)?,
-        })
+        };
+        // Remembered even if the caller has given up on this claim: a
+        // release without a term then shortens it (see `release`).
+        let prev_until = outcome
+            .previous
+            .as_ref()
+            .filter(|p| !p.expired_at(outcome.db_now))
+            .map(|p| p.lease_until.as_micros());
+        s.claims
+            .insert(AdvisoryKey::derive(ns, role), (outcome.term, prev_until));
+        Ok(outcome)
     }
 
     async fn renew(

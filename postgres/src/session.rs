@@ -78,6 +78,13 @@ pub(crate) struct Session<C> {
     /// never locked twice: advisory locks are re-entrant, and one unlock
     /// would leave a doubly-taken lock held.
     pub(crate) held: HashMap<AdvisoryKey, Role>,
+    /// The claims this session committed, per key: the term and the end of
+    /// the lease it replaced (epoch µs; `None` when that lease had already
+    /// ended or there was none). A release that does not name a term — the
+    /// machine's caller gave up on the claim, or released before it led —
+    /// shortens such a claim to that end, so it never makes the next holder
+    /// wait longer than the predecessor's own lease (see `Op::Release`).
+    pub(crate) claims: HashMap<AdvisoryKey, (regent_core::Term, Option<i64>)>,
 }
 
 /// What the mutex guards: the open session, if any, and a loss no caller
@@ -386,6 +393,7 @@ impl<D: Driver> Engine<D> {
                     pid,
                     generation,
                     held: HashMap::new(),
+                    claims: HashMap::new(),
                 };
                 if ended.load(Ordering::SeqCst) {
                     // The connection ended before we published it: nobody

@@ -66,11 +66,13 @@ pub struct Statements {
     pub unlock: String,
     /// Release in one round trip: `$1 ns, $2 role, $3 holder, $4 term int8
     /// or NULL (do not expire), $5 ns_key int4, $6 role_key int4, $7 channel
-    /// text` → one row: `expired int8` (rows expired), `unlocked bool`.
-    /// Ends the lease now if holder and term match, *then* unlocks (the
-    /// unlock reads the expiry's result), then queues the release
-    /// notification, which PostgreSQL delivers at commit — after the lock
-    /// is free and the expiry visible, as DESIGN §2 rule 5 requires.
+    /// text, $8 floor_us int8 or NULL` → one row: `expired int8` (rows
+    /// expired), `unlocked bool`. Ends the lease if holder and term match —
+    /// now, or at `floor_us` if that is later (the end of the lease a claim
+    /// replaced) — *then* unlocks (the unlock reads the expiry's result),
+    /// then queues the release notification, which PostgreSQL delivers at
+    /// commit: after the lock is free and the expiry visible, as DESIGN §2
+    /// rule 5 requires.
     pub release: String,
     /// `$1 ns, $2 roles text[]` → at least one row: `db_now_us, role,`
     /// lease columns; `role` is NULL in the single row when nothing matched.
@@ -150,7 +152,8 @@ impl Statements {
         );
         let release = format!(
             "WITH expired AS (\
-             UPDATE {t} SET lease_until = least(lease_until, now()) \
+             UPDATE {t} SET lease_until = least(lease_until, greatest(now(), \
+             'epoch'::timestamptz + $8::int8 * interval '1 microsecond')) \
              WHERE namespace = $1::text AND role = $2::text AND holder = $3::text \
              AND term = $4::int8 RETURNING 1), \
              done AS (SELECT count(*) AS n FROM expired) \
