@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Ctx, LEASE, granted, node_id, role};
-use regent_core::{BackendError, HeldLease, Lease, Lock, PreemptOutcome};
+use regent_core::{BackendError, Depose, HeldLease, Lease, Lock, PreemptOutcome};
 use regent_sqlx::{SessionSettings, SqlxBackend};
 
 #[tokio::test]
@@ -272,7 +272,7 @@ async fn preempt_terminates_only_an_expired_zombie() {
     // Not yet expired by more than the grace period.
     let grace = Duration::from_millis(100);
     assert_eq!(
-        b.preempt(&lease, grace).await.unwrap(),
+        b.depose(&lease, grace).await.unwrap(),
         PreemptOutcome::NotZombie
     );
     // A different term (the row moved on) is not the zombie either.
@@ -280,11 +280,11 @@ async fn preempt_terminates_only_an_expired_zombie() {
     other.term.0 += 1;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
-        b.preempt(&other, grace).await.unwrap(),
+        b.depose(&other, grace).await.unwrap(),
         PreemptOutcome::NotZombie
     );
     assert_eq!(
-        b.preempt(&lease, grace).await.unwrap(),
+        b.depose(&lease, grace).await.unwrap(),
         PreemptOutcome::Terminated
     );
     ctx.wait_gone(&ctx.app("a")).await;
@@ -292,7 +292,7 @@ async fn preempt_terminates_only_an_expired_zombie() {
     assert!(a.ping().await.unwrap_err().is_session_lost());
     // The pid is gone now: nothing to terminate.
     assert_eq!(
-        b.preempt(&lease, grace).await.unwrap(),
+        b.depose(&lease, grace).await.unwrap(),
         PreemptOutcome::NotZombie
     );
     ctx.cleanup().await;
@@ -338,7 +338,7 @@ async fn preempt_without_privilege_is_not_permitted() {
     // The table exists, so migrate() needs no CREATE privilege.
     weak.migrate().await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let out = weak.preempt(&lease, Duration::ZERO).await.unwrap();
+    let out = weak.depose(&lease, Duration::ZERO).await.unwrap();
     assert_eq!(out, PreemptOutcome::NotPermitted);
     assert_eq!(
         a.held(&ctx.ns(), std::slice::from_ref(&r)).await.unwrap(),

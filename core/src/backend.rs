@@ -173,15 +173,6 @@ pub trait Lock: Send + Sync {
     /// A cheap round trip on the session, so a dead connection shows up.
     async fn ping(&self) -> Result<(), BackendError>;
 
-    /// Terminates the session that holds `lease.role`'s lock, but only if
-    /// `lease` still describes that holder and its lease ended more than
-    /// `grace` ago in database time.
-    async fn preempt(
-        &self,
-        lease: &LeaseRecord,
-        grace: Duration,
-    ) -> Result<PreemptOutcome, BackendError>;
-
     /// Closes the session, if one is open, so that every lock on it is gone
     /// for certain; the next call opens a new one. The machine asks for this
     /// when it can no longer tell which locks the session holds.
@@ -195,6 +186,26 @@ pub trait Lock: Send + Sync {
     async fn session_closed(&self) {
         std::future::pending::<()>().await;
     }
+}
+
+/// Optional capability: deposing a *zombie* holder — one whose lock
+/// outlives its lease because its client is gone but its session is not
+/// (a crashed host behind a pooler, a frozen process).
+///
+/// Contract: act only if `lease` still describes the current holder (same
+/// holder, term and holder session) and its lease ended more than `grace`
+/// ago in the engine's own time; afterwards that holder's claim on the lock
+/// is gone (or about to be), and so is anything its in-flight fenced work
+/// holds against a claim. An engine whose locks cannot outlive their lease
+/// does not implement this (see [`Backend::deposer`]).
+#[async_trait]
+pub trait Depose: Send + Sync {
+    /// Deposes the holder `lease` describes, if it still is that zombie.
+    async fn depose(
+        &self,
+        lease: &LeaseRecord,
+        grace: Duration,
+    ) -> Result<PreemptOutcome, BackendError>;
 }
 
 /// The lease table: who holds each role, for which term, until when.
@@ -266,7 +277,14 @@ pub trait Subscription: Send {
     async fn recv(&mut self) -> Result<NotifyEvent, BackendError>;
 }
 
-/// Release notifications.
+/// Optional capability: release notifications, so standbys take over as
+/// soon as a role is released instead of at their next retry (see
+/// [`Backend::notifier`]).
+///
+/// Contract: a publish reaches subscribers only after the lock is free; a
+/// subscriber that may have missed messages (including before its first
+/// subscribe took effect) says [`NotifyEvent::MaybeMissed`] or is treated
+/// as having done so by the driver.
 #[async_trait]
 pub trait Notify: Send + Sync {
     /// Tells every subscriber of `namespace` that `role` is free. Called only
@@ -302,12 +320,23 @@ impl Released {
     }
 }
 
-/// Everything the driver needs from a backend: [`Lock`], [`Lease`] and
-/// [`Notify`], plus [`Backend::release`], which an engine may do in one
-/// step. Implement it with `impl Backend for MyBackend {}` to keep the
-/// default.
+/// Everything the driver needs from a backend: [`Lock`] and [`Lease`],
+/// [`Backend::release`] (which an engine may do in one step), and the
+/// optional capabilities [`Notify`] and [`Depose`]. `impl Backend for
+/// MyBackend {}` keeps every default: release as expire + unlock, no
+/// notifications (standbys poll at their retry interval), no deposing.
 #[async_trait]
-pub trait Backend: Lock + Lease + Notify + 'static {
+pub trait Backend: Lock + Lease + 'static {
+    /// Release notifications, if the engine has them.
+    fn notifier(&self) -> Option<&dyn Notify> {
+        None
+    }
+
+    /// Deposing zombie holders, if the engine can.
+    fn deposer(&self) -> Option<&dyn Depose> {
+        None
+    }
+
     /// Gives up `role`: ends its lease now when `term` is given (only while
     /// the row still names `holder` at `term`), *then* unlocks — in this
     /// order, so a standby that takes the lock finds the lease ended and

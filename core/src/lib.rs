@@ -106,8 +106,8 @@ pub mod types;
 pub mod driver;
 
 pub use backend::{
-    Backend, BackendError, ClaimOutcome, HeldLease, Lease, Lock, LockAttempt, Notify, NotifyEvent,
-    PreemptOutcome, Released, RenewOutcome, Subscription, TryLockOutcome,
+    Backend, BackendError, ClaimOutcome, Depose, HeldLease, Lease, Lock, LockAttempt, Notify,
+    NotifyEvent, PreemptOutcome, Released, RenewOutcome, Subscription, TryLockOutcome,
 };
 pub use config::{Config, ConfigBuilder, ConfigError, TakeoverPolicy, UnknownPolicy};
 pub use machine::{

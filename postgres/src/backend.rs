@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use regent_core::{
-    Backend, BackendError, ClaimOutcome, DbTimestamp, Fence, HeldLease, Lease, LeaseRecord, Lock,
-    Namespace, NodeId, Notify, PreemptOutcome, Released, RenewOutcome, Role, Subscription, Term,
-    TryLockOutcome,
+    Backend, BackendError, ClaimOutcome, DbTimestamp, Depose, Fence, HeldLease, Lease, LeaseRecord,
+    Lock, Namespace, NodeId, Notify, PreemptOutcome, Released, RenewOutcome, Role, Subscription,
+    Term, TryLockOutcome,
 };
 
 use crate::driver::{Conn, DbError, Driver, Param};
@@ -197,14 +197,6 @@ impl<D: Driver> Lock for PgBackend<D> {
         }
     }
 
-    async fn preempt(
-        &self,
-        lease: &LeaseRecord,
-        grace: Duration,
-    ) -> Result<PreemptOutcome, BackendError> {
-        self.engine.preempt(lease, grace).await
-    }
-
     async fn reset(&self) {
         self.engine.close_session().await;
     }
@@ -286,8 +278,33 @@ impl<D: Driver> Lease for PgBackend<D> {
     }
 }
 
+/// Deposes a zombie holder by terminating its backend
+/// (`pg_terminate_backend`), only while that backend still holds the role's
+/// advisory lock and the row still names it with a lease ended more than
+/// the grace ago: a reused pid is never hit. Needs `pg_signal_backend`, or
+/// the same database role as the holder (PostgreSQL lets a role signal its
+/// own backends).
+#[async_trait]
+impl<D: Driver> Depose for PgBackend<D> {
+    async fn depose(
+        &self,
+        lease: &LeaseRecord,
+        grace: Duration,
+    ) -> Result<PreemptOutcome, BackendError> {
+        self.engine.preempt(lease, grace).await
+    }
+}
+
 #[async_trait]
 impl<D: Driver> Backend for PgBackend<D> {
+    fn notifier(&self) -> Option<&dyn Notify> {
+        Some(self)
+    }
+
+    fn deposer(&self) -> Option<&dyn Depose> {
+        Some(self)
+    }
+
     /// Ends the lease, unlocks and publishes the release in **one**
     /// statement on the session (see [`crate::Statements::release`]): one
     /// round trip instead of three, and the notification still reaches

@@ -2,8 +2,9 @@
 //! wraps a [`PgBackend`](crate::PgBackend) and implements regent's traits
 //! by forwarding every call to it, so no adapter writes them again.
 
-/// Implements [`Lock`](regent_core::Lock), [`Lease`](regent_core::Lease),
-/// [`Notify`](regent_core::Notify) and [`Backend`](regent_core::Backend) for `$ty` by forwarding to the
+/// Implements [`Lock`](regent_core::Lock), [`Lease`](regent_core::Lease)
+/// and [`Backend`](regent_core::Backend) (with its notification and
+/// deposing capabilities) for `$ty` by forwarding to the
 /// [`PgBackend`](crate::PgBackend) in its field `$field`.
 ///
 /// ```ignore
@@ -47,16 +48,6 @@ macro_rules! forward_backend {
             }
             async fn ping(&self) -> ::std::result::Result<(), $crate::__private::BackendError> {
                 $crate::__private::Lock::ping(&self.$field).await
-            }
-            async fn preempt(
-                &self,
-                lease: &$crate::__private::LeaseRecord,
-                grace: ::std::time::Duration,
-            ) -> ::std::result::Result<
-                $crate::__private::PreemptOutcome,
-                $crate::__private::BackendError,
-            > {
-                $crate::__private::Lock::preempt(&self.$field, lease, grace).await
             }
             async fn reset(&self) {
                 $crate::__private::Lock::reset(&self.$field).await
@@ -127,6 +118,12 @@ macro_rules! forward_backend {
 
         #[$crate::__private::async_trait]
         impl $crate::__private::Backend for $ty {
+            fn notifier(&self) -> ::std::option::Option<&dyn $crate::__private::Notify> {
+                $crate::__private::Backend::notifier(&self.$field)
+            }
+            fn deposer(&self) -> ::std::option::Option<&dyn $crate::__private::Depose> {
+                $crate::__private::Backend::deposer(&self.$field)
+            }
             async fn release(
                 &self,
                 namespace: &$crate::__private::Namespace,
@@ -137,26 +134,6 @@ macro_rules! forward_backend {
             {
                 $crate::__private::Backend::release(&self.$field, namespace, role, holder, term)
                     .await
-            }
-        }
-
-        #[$crate::__private::async_trait]
-        impl $crate::__private::Notify for $ty {
-            async fn publish_release(
-                &self,
-                namespace: &$crate::__private::Namespace,
-                role: &$crate::__private::Role,
-            ) -> ::std::result::Result<(), $crate::__private::BackendError> {
-                $crate::__private::Notify::publish_release(&self.$field, namespace, role).await
-            }
-            async fn subscribe(
-                &self,
-                namespace: &$crate::__private::Namespace,
-            ) -> ::std::result::Result<
-                ::std::boxed::Box<dyn $crate::__private::Subscription>,
-                $crate::__private::BackendError,
-            > {
-                $crate::__private::Notify::subscribe(&self.$field, namespace).await
             }
         }
     };

@@ -76,9 +76,9 @@ mod statements;
 pub mod __private {
     pub use async_trait::async_trait;
     pub use regent_core::{
-        Backend, BackendError, ClaimOutcome, DbTimestamp, HeldLease, Lease, LeaseRecord, Lock,
-        Namespace, NodeId, Notify, PreemptOutcome, Released, RenewOutcome, Role, Subscription,
-        Term, TryLockOutcome,
+        Backend, BackendError, ClaimOutcome, DbTimestamp, Depose, HeldLease, Lease, LeaseRecord,
+        Lock, Namespace, NodeId, Notify, PreemptOutcome, Released, RenewOutcome, Role,
+        Subscription, Term, TryLockOutcome,
     };
 }
 

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use regent_core::{
-    Backend, BackendError, ClaimOutcome, DbTimestamp, HeldLease, Lease, LeaseRecord, Lock,
+    Backend, BackendError, ClaimOutcome, DbTimestamp, Depose, HeldLease, Lease, LeaseRecord, Lock,
     Namespace, NodeId, Notify, NotifyEvent, PreemptOutcome, RenewOutcome, Role, Subscription, Term,
     TryLockOutcome,
 };
@@ -291,8 +291,29 @@ impl SimBackend {
 }
 
 /// The default release (expire, then unlock): the simulated database
-/// publishes nothing by itself.
-impl Backend for SimBackend {}
+/// publishes nothing by itself. It has both optional capabilities, like
+/// PostgreSQL: release notifications and deposing zombies.
+impl Backend for SimBackend {
+    fn notifier(&self) -> Option<&dyn Notify> {
+        Some(self)
+    }
+
+    fn deposer(&self) -> Option<&dyn Depose> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Depose for SimBackend {
+    async fn depose(
+        &self,
+        lease: &LeaseRecord,
+        grace: Duration,
+    ) -> Result<PreemptOutcome, BackendError> {
+        self.on_session(|db, pid| db.preempt(pid, lease, grace))
+            .await
+    }
+}
 
 #[async_trait]
 impl Lock for SimBackend {
@@ -329,15 +350,6 @@ impl Lock for SimBackend {
 
     async fn ping(&self) -> Result<(), BackendError> {
         self.on_session(|db, pid| db.ping(pid)).await
-    }
-
-    async fn preempt(
-        &self,
-        lease: &LeaseRecord,
-        grace: Duration,
-    ) -> Result<PreemptOutcome, BackendError> {
-        self.on_session(|db, pid| db.preempt(pid, lease, grace))
-            .await
     }
 
     async fn reset(&self) {

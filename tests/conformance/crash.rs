@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use regent::{
-    Backend, BackendError, ClaimOutcome, DbTimestamp, HeldLease, Lease, LeaseRecord, Lock,
+    Backend, BackendError, ClaimOutcome, DbTimestamp, Depose, HeldLease, Lease, LeaseRecord, Lock,
     Namespace, NodeId, Notify, PreemptOutcome, Released, RenewOutcome, Role, Subscription, Term,
     TryLockOutcome,
 };
@@ -51,6 +51,12 @@ impl<B: Backend + Clone> Crashable<B> {
 
 #[async_trait]
 impl<B: Backend + Clone> Backend for Crashable<B> {
+    fn notifier(&self) -> Option<&dyn Notify> {
+        self.inner.notifier().map(|_| self as &dyn Notify)
+    }
+    fn deposer(&self) -> Option<&dyn Depose> {
+        self.inner.deposer().map(|_| self as &dyn Depose)
+    }
     async fn release(
         &self,
         ns: &Namespace,
@@ -88,10 +94,6 @@ impl<B: Backend + Clone> Lock for Crashable<B> {
     async fn ping(&self) -> Result<(), BackendError> {
         self.gate().await;
         self.inner.ping().await
-    }
-    async fn preempt(&self, l: &LeaseRecord, g: Duration) -> Result<PreemptOutcome, BackendError> {
-        self.gate().await;
-        self.inner.preempt(l, g).await
     }
     async fn reset(&self) {
         self.gate().await;
@@ -153,10 +155,27 @@ impl<B: Backend + Clone> Lease for Crashable<B> {
 impl<B: Backend + Clone> Notify for Crashable<B> {
     async fn publish_release(&self, ns: &Namespace, role: &Role) -> Result<(), BackendError> {
         self.gate().await;
-        self.inner.publish_release(ns, role).await
+        match self.inner.notifier() {
+            Some(n) => n.publish_release(ns, role).await,
+            None => Ok(()),
+        }
     }
     async fn subscribe(&self, ns: &Namespace) -> Result<Box<dyn Subscription>, BackendError> {
         self.gate().await;
-        self.inner.subscribe(ns).await
+        match self.inner.notifier() {
+            Some(n) => n.subscribe(ns).await,
+            None => Err(BackendError::Misconfigured("no notifications".to_owned())),
+        }
+    }
+}
+
+#[async_trait]
+impl<B: Backend + Clone> Depose for Crashable<B> {
+    async fn depose(&self, l: &LeaseRecord, g: Duration) -> Result<PreemptOutcome, BackendError> {
+        self.gate().await;
+        match self.inner.deposer() {
+            Some(d) => d.depose(l, g).await,
+            None => Ok(PreemptOutcome::NotPermitted),
+        }
     }
 }

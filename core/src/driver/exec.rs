@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, PreemptOutcome};
 use crate::machine::{Command, CommandOutput, CommandResult};
 use crate::types::{Namespace, NodeId};
 
@@ -50,7 +50,11 @@ async fn run(ctx: &ExecContext, command: Command) -> CommandResult {
             CommandOutput::Ping
         }
         Command::Preempt { lease, grace, .. } => {
-            CommandOutput::Preempt(b.preempt(&lease, grace).await?)
+            CommandOutput::Preempt(match b.deposer() {
+                Some(d) => d.depose(&lease, grace).await?,
+                // The machine reports it once and stops asking.
+                None => PreemptOutcome::NotPermitted,
+            })
         }
         Command::Release { role, term, .. } => {
             let released = b.release(ns, &role, &ctx.node, term).await?;
@@ -68,7 +72,9 @@ async fn run(ctx: &ExecContext, command: Command) -> CommandResult {
             }
         }
         Command::Notify { role, .. } => {
-            b.publish_release(ns, &role).await?;
+            if let Some(n) = b.notifier() {
+                n.publish_release(ns, &role).await?;
+            }
             CommandOutput::Notified
         }
         Command::ResetSession { .. } => {

@@ -290,8 +290,13 @@ impl NodeTask {
         let weak = self.weak.clone();
         let retry = self.config.retry_interval();
         tokio::spawn(async move {
+            let Some(notifier) = backend.notifier() else {
+                // No notifications from this engine: standbys find a
+                // released role at their next retry round.
+                return;
+            };
             loop {
-                match backend.subscribe(&namespace).await {
+                match notifier.subscribe(&namespace).await {
                     Ok(mut sub) => {
                         // Until now we were deaf: before the first subscribe
                         // as much as between two. A release published

@@ -43,7 +43,21 @@ pub(super) struct Harness {
     pub(super) subscribe_gate: Option<tokio::sync::Notify>,
 }
 
-impl crate::Backend for Harness {}
+impl crate::Backend for Harness {
+    fn notifier(&self) -> Option<&dyn Notify> {
+        Some(self)
+    }
+    fn deposer(&self) -> Option<&dyn Depose> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Depose for Harness {
+    async fn depose(&self, l: &LeaseRecord, g: Duration) -> Result<PreemptOutcome, BackendError> {
+        self.db.preempt(l, g)
+    }
+}
 
 #[async_trait]
 impl Lock for Harness {
@@ -65,9 +79,6 @@ impl Lock for Harness {
     }
     async fn ping(&self) -> Result<(), BackendError> {
         self.db.ping()
-    }
-    async fn preempt(&self, l: &LeaseRecord, g: Duration) -> Result<PreemptOutcome, BackendError> {
-        self.db.preempt(l, g)
     }
     async fn reset(&self) {
         self.db.reset()
