@@ -145,7 +145,6 @@ mod pg {
     pg_conformance_tests!(TpFactory::new().await);
 }
 
-
 /// This backend's edge: the session's connection future ends the moment
 /// the server terminates the backend, so the leader steps down at once.
 /// Validation, keepalive and renewal are all an hour or more away here, so

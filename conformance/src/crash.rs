@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use crate::Engine;
+use async_trait::async_trait;
 use regent_core::{
     Backend, BackendError, ClaimOutcome, DbTimestamp, HeldLease, Lease, LeaseRecord, Lock,
     Namespace, NodeId, Notify, PreemptOutcome, Released, RenewOutcome, Role, Subscription, Term,

@@ -71,7 +71,8 @@ pub enum Outcome {
 }
 
 /// Every scenario of the kit, by name, in the order
-/// [`conformance_tests!`] generates them.
+/// [`conformance_tests!`] generates them (each use of the macro also
+/// generates a test that checks the two agree).
 pub const SCENARIOS: &[&str] = &[
     "one_leader_others_observe",
     "resign_hands_over_by_notification",
@@ -161,5 +162,12 @@ macro_rules! conformance_tests {
                 $crate::run_and_report(&engine, stringify!($name)).await;
             }
         )*
+
+        /// The generated tests and the kit's scenario list agree, so no
+        /// scenario silently never runs.
+        #[test]
+        fn conformance_kit_runs_every_scenario() {
+            assert_eq!([$(stringify!($name)),*].as_slice(), $crate::SCENARIOS);
+        }
     };
 }

@@ -10,8 +10,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use regent_core::{
-    Backend, Config, ConfigBuilder, Elector, LeaderHandle, Namespace, NodeId, Role,
-    TakeoverPolicy, Term,
+    Backend, Config, ConfigBuilder, Elector, LeaderHandle, Namespace, NodeId, Role, TakeoverPolicy,
+    Term,
 };
 
 /// How long any wait may take before the scenario counts it as a hang.
@@ -124,14 +124,12 @@ pub async fn campaign<B: Backend + Clone>(
     config: Config,
 ) -> (Elector, LeaderHandle) {
     let elector = elector(node, namespace, id, config).await;
-    let handle = elector
-        .spawn(role.clone())
-        .await
-        .expect("campaign starts");
+    let handle = elector.spawn(role.clone()).await.expect("campaign starts");
     (elector, handle)
 }
 
-/// Builds an elector for `node` in `namespace` named `id`.
+/// Builds an elector for `node` in `namespace` named `id`, its retry
+/// jitter seeded from `id` so a run on a simulated clock repeats exactly.
 pub async fn elector<B: Backend + Clone>(
     node: &B,
     namespace: &Namespace,
@@ -141,10 +139,18 @@ pub async fn elector<B: Backend + Clone>(
     Elector::builder(node.clone())
         .namespace(namespace.clone())
         .node_id(node_id(id))
+        .seed(seed(id))
         .config(config)
         .build()
         .await
         .expect("elector starts")
+}
+
+/// A fixed seed per node id (FNV-1a).
+fn seed(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// The indices of the handles that lead now.

@@ -65,7 +65,8 @@ pub const LOG_TABLE: &str = "regent_conformance_log";
 /// Appends one entry (`$1` namespace, `$2` role, `$3` holder, `$4` term)
 /// numbered one past the entries the statement's snapshot sees: under READ
 /// COMMITTED, exactly the entries committed before it ran.
-pub const APPEND_SQL: &str = "INSERT INTO regent_conformance_log (namespace, role, holder, term, seq)
+pub const APPEND_SQL: &str =
+    "INSERT INTO regent_conformance_log (namespace, role, holder, term, seq)
      SELECT $1, $2, $3, $4, count(*) + 1 FROM regent_conformance_log
      WHERE namespace = $1 AND role = $2";
 

@@ -165,10 +165,7 @@ pub async fn many_roles_one_session<F: PgFactory>(f: &F) {
                 .unwrap(),
         );
     }
-    eventually("all 200 roles lead", || {
-        leaders(&handles).len() == 200
-    })
-    .await;
+    eventually("all 200 roles lead", || leaders(&handles).len() == 200).await;
     let (sessions,): (i64,) =
         sqlx::query_as("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
             .bind(&app)

@@ -135,10 +135,16 @@ pub async fn crash<E: Engine>(e: &E, policy: TakeoverPolicy) -> Outcome {
     })
     .await;
     a.crash(e).await;
-    let (_, rows) = b.read(&ns, &[role.clone()]).await.expect("read the lease");
+    let (_, rows) = b
+        .read(&ns, std::slice::from_ref(&role))
+        .await
+        .expect("read the lease");
     let lease_until = rows.first().expect("a's lease row").lease_until;
     let t2 = lead("b takes over", &hb).await;
-    let (db_now, _) = b.read(&ns, &[role.clone()]).await.expect("read the clock");
+    let (db_now, _) = b
+        .read(&ns, std::slice::from_ref(&role))
+        .await
+        .expect("read the clock");
     assert!(t2 > t1, "fencing token did not increase: {t1} then {t2}");
     match policy {
         TakeoverPolicy::Immediate => assert!(

@@ -14,7 +14,13 @@ pub async fn many_roles_one_node<E: Engine>(e: &E) -> Outcome {
     let ns = namespace("many");
     let node = e.node("node-a").await;
     e.prepare(&node).await.expect("prepare");
-    let el = elector(&node, &ns, "node-a", fast_config(TakeoverPolicy::WaitForLease)).await;
+    let el = elector(
+        &node,
+        &ns,
+        "node-a",
+        fast_config(TakeoverPolicy::WaitForLease),
+    )
+    .await;
     let mut handles = Vec::new();
     for i in 0..200 {
         handles.push(
@@ -44,7 +50,13 @@ pub async fn names_round_trip<E: Engine>(e: &E) -> Outcome {
     ];
     let node = e.node("node-a").await;
     e.prepare(&node).await.expect("prepare");
-    let el = elector(&node, &ns, "node-a", fast_config(TakeoverPolicy::WaitForLease)).await;
+    let el = elector(
+        &node,
+        &ns,
+        "node-a",
+        fast_config(TakeoverPolicy::WaitForLease),
+    )
+    .await;
     let mut handles = Vec::new();
     for n in &names {
         handles.push(el.spawn(role(n)).await.expect("campaign starts"));
