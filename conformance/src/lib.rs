@@ -11,6 +11,15 @@
 //! says so on stderr (`conformance[sim] takeover_waits_for_fenced_work:
 //! SKIPPED (...)`); every other scenario still runs.
 //!
+//! | scenario | needs |
+//! |---|---|
+//! | `one_leader_others_observe`, `crash_wait_for_lease`, `crash_immediate`, `many_roles_one_node`, `names_round_trip`, `namespaces_do_not_interfere` | [`Engine`] only |
+//! | `resign_hands_over_by_notification` | [`Engine::notifies_releases`] |
+//! | `terminated_session_steps_down` | [`Engine::terminate`] |
+//! | `unreachable_store_fails_at_start` | [`Engine::unreachable_node`] |
+//! | `fenced_stale_token_fails`, `long_fenced_work_keeps_every_role` | [`Engine::fencing`] |
+//! | `blocked_claim_keeps_other_roles`, `takeover_waits_for_fenced_work` | [`Engine::fencing`] with [`Fencing::work_holds_off_takeover`] |
+//!
 //! The kit uses no SQL and no database client: it checks what the traits'
 //! contracts promise (one leader, increasing terms, expiry in the engine's
 //! time, lock loss reported as such, fenced work ordered by commit) through
