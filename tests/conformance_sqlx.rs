@@ -1,4 +1,5 @@
-//! The conformance suite against the sqlx backend on a real PostgreSQL.
+//! The conformance kit and the PostgreSQL-only scenarios against the sqlx
+//! backend on a real PostgreSQL.
 
 #![cfg(feature = "sqlx")]
 
@@ -6,12 +7,12 @@ mod conformance;
 mod support;
 
 use std::str::FromStr;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use conformance::{Factory, FenceError};
+use conformance::{APPEND_SQL, PgFactory};
 use regent::sqlx::{FencedError, SqlxBackend};
 use regent::{Namespace, NodeId, Role, Term};
+use regent_conformance::{FenceError, FencedWork};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 struct SqlxFactory {
@@ -36,9 +37,42 @@ impl SqlxFactory {
     }
 }
 
+/// A fenced transaction of the sqlx backend as kit fenced work.
+struct SqlxWork {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    entry: (String, String, String, i64),
+}
+
 #[async_trait]
-impl Factory for SqlxFactory {
+impl FencedWork for SqlxWork {
+    async fn append(&mut self) -> Result<(), FenceError> {
+        let (ns, role, holder, term) = &self.entry;
+        sqlx::query(APPEND_SQL)
+            .bind(ns)
+            .bind(role)
+            .bind(holder)
+            .bind(term)
+            .execute(&mut *self.tx)
+            .await
+            .map(|_| ())
+            .map_err(|e| FenceError::Other(e.to_string()))
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), FenceError> {
+        self.tx
+            .commit()
+            .await
+            .map_err(|e| FenceError::Other(e.to_string()))
+    }
+}
+
+#[async_trait]
+impl PgFactory for SqlxFactory {
     type Node = SqlxBackend;
+
+    fn name(&self) -> &'static str {
+        "sqlx"
+    }
 
     fn url(&self) -> &str {
         &self.url
@@ -67,15 +101,18 @@ impl Factory for SqlxFactory {
         node.migrate().await.map_err(|e| e.to_string())
     }
 
-    async fn fenced_write(
+    fn session_pid(&self, node: &SqlxBackend) -> Option<i32> {
+        node.session_pid()
+    }
+
+    async fn fenced(
         &self,
         node: &SqlxBackend,
         namespace: &Namespace,
         role: &Role,
         holder: &NodeId,
         token: Term,
-        hold: Duration,
-    ) -> Result<(), FenceError> {
+    ) -> Result<Box<dyn FencedWork>, FenceError> {
         match node
             .fenced(&regent::Fence::new(
                 namespace.clone(),
@@ -85,16 +122,32 @@ impl Factory for SqlxFactory {
             ))
             .await
         {
-            Ok(tx) => {
-                tokio::time::sleep(hold).await;
-                tx.commit()
-                    .await
-                    .map_err(|e| FenceError::Other(e.to_string()))
-            }
-            Err(FencedError::Stale { .. }) => Err(FenceError::Stale),
+            Ok(tx) => Ok(Box::new(SqlxWork {
+                tx,
+                entry: (
+                    namespace.as_str().to_owned(),
+                    role.as_str().to_owned(),
+                    holder.as_str().to_owned(),
+                    i64::from(token),
+                ),
+            })),
+            Err(FencedError::Stale(_)) => Err(FenceError::Stale),
             Err(e) => Err(FenceError::Other(e.to_string())),
         }
     }
 }
 
-conformance_tests!(SqlxFactory::new().await);
+/// The engine-neutral kit.
+mod kit {
+    use super::*;
+    regent_conformance::conformance_tests!(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        conformance::Pg::new(SqlxFactory::new().await).await
+    );
+}
+
+/// The PostgreSQL-only scenarios.
+mod pg {
+    use super::*;
+    pg_conformance_tests!(SqlxFactory::new().await);
+}

@@ -1,42 +1,32 @@
-//! The backend conformance suite: every scenario is written once, generic
-//! over a [`Factory`], and each backend's test file runs all of them
-//! through [`conformance_tests!`]. A backend passes when every scenario
-//! passes with no backend-specific changes.
+//! The conformance kit (`regent-conformance`) on PostgreSQL, plus the
+//! scenarios only PostgreSQL has (zombies planted with `pg_advisory_lock`,
+//! privileges, one session connection per node, schemas, terminating every
+//! connection), which talk to the server as an operator would through a
+//! separate admin pool.
 //!
-//! Scenarios talk to PostgreSQL as an operator would (terminate backends,
-//! count connections, plant zombies) through a separate admin pool.
+//! Each backend's test file implements [`PgFactory`]; [`Pg`] turns a factory
+//! into a kit [`Engine`], and [`pg_conformance_tests!`] generates the
+//! PostgreSQL-only scenarios.
 
 #![allow(dead_code)]
 
-pub mod crash;
-pub mod scenarios;
-pub mod scenarios_db;
-
-use std::future::Future;
-use std::time::Duration;
+pub mod scenarios_pg;
 
 use async_trait::async_trait;
-use regent::{
-    Backend, Config, ConfigBuilder, Elector, LeaderHandle, Namespace, NodeId, Role, TakeoverPolicy,
-    Term,
-};
+use regent::{Backend, Namespace, NodeId, Role, Term};
+use regent_conformance::support::unique;
+use regent_conformance::{Engine, FenceError, FencedEntry, FencedWork, Fencing, Terminate};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-/// Why a fenced write did not happen.
-#[derive(Debug)]
-pub enum FenceError {
-    /// The token is stale: someone else holds the lease now.
-    Stale,
-    /// Anything else.
-    Other(String),
-}
-
-/// What a backend provides to the suite.
+/// What a PostgreSQL backend provides to the suite.
 #[async_trait]
-pub trait Factory: Send + Sync + 'static {
+pub trait PgFactory: Send + Sync + 'static {
     /// One node's backend (one session). Clones share the session.
     type Node: Backend + Clone;
+
+    /// The backend's name in the kit's output.
+    fn name(&self) -> &'static str;
 
     /// The superuser URL of the database under test.
     fn url(&self) -> &str;
@@ -54,38 +44,148 @@ pub trait Factory: Send + Sync + 'static {
     /// Creates the node's lease table.
     async fn migrate(&self, node: &Self::Node) -> Result<(), String>;
 
-    /// Opens a fenced transaction for `token`, keeps it open for `hold`,
-    /// then commits.
-    async fn fenced_write(
+    /// `pg_backend_pid()` of the node's lock session, while one is open.
+    fn session_pid(&self, node: &Self::Node) -> Option<i32>;
+
+    /// Opens a fenced transaction for `token` whose appends go to
+    /// [`LOG_TABLE`] with [`APPEND_SQL`].
+    async fn fenced(
         &self,
         node: &Self::Node,
         namespace: &Namespace,
         role: &Role,
         holder: &NodeId,
         token: Term,
-        hold: Duration,
-    ) -> Result<(), FenceError>;
+    ) -> Result<Box<dyn FencedWork>, FenceError>;
 }
 
-/// Short timings so the suite runs in seconds; generous enough for a busy
-/// 2-core machine.
-pub fn fast_config(policy: TakeoverPolicy) -> Config {
-    fast_builder(policy).build().expect("valid test config")
+/// The kit's fenced log on PostgreSQL.
+pub const LOG_TABLE: &str = "regent_conformance_log";
+
+/// Appends one entry (`$1` namespace, `$2` role, `$3` holder, `$4` term)
+/// numbered one past the entries the statement's snapshot sees: under READ
+/// COMMITTED, exactly the entries committed before it ran.
+pub const APPEND_SQL: &str =
+    "INSERT INTO regent_conformance_log (namespace, role, holder, term, seq)
+     SELECT $1, $2, $3, $4, count(*) + 1 FROM regent_conformance_log
+     WHERE namespace = $1 AND role = $2";
+
+/// A [`PgFactory`] as a conformance-kit engine.
+pub struct Pg<F> {
+    /// The backend's factory.
+    pub factory: F,
+    admin: PgPool,
 }
 
-/// [`fast_config`] as a builder, for scenarios that change one more knob.
-pub fn fast_builder(policy: TakeoverPolicy) -> ConfigBuilder {
-    Config::builder()
-        .lease_duration(Duration::from_secs(2))
-        .renew_interval(Duration::from_millis(400))
-        .attempt_timeout(Duration::from_millis(900))
-        .validate_interval(Duration::from_millis(250))
-        .keepalive_interval(Duration::from_secs(1))
-        .retry_interval(Duration::from_millis(300))
-        .retry_jitter(Duration::from_millis(50))
-        .safety_margin(Duration::from_millis(100))
-        .drain_timeout(Duration::from_secs(1))
-        .takeover_policy(policy)
+impl<F: PgFactory> Pg<F> {
+    /// Wraps `factory`, with an admin pool on its database.
+    pub async fn new(factory: F) -> Self {
+        let admin = admin(factory.url()).await;
+        Self { factory, admin }
+    }
+}
+
+#[async_trait]
+impl<F: PgFactory> Engine for Pg<F> {
+    type Node = F::Node;
+
+    fn name(&self) -> &str {
+        self.factory.name()
+    }
+
+    async fn node(&self, name: &str) -> F::Node {
+        self.factory.node(&unique(name), None).await
+    }
+
+    async fn prepare(&self, node: &F::Node) -> Result<(), String> {
+        self.factory.migrate(node).await?;
+        let mut tx = self.admin.begin().await.map_err(|e| e.to_string())?;
+        // Concurrent CREATE TABLE IF NOT EXISTS can still collide.
+        sqlx::query("SELECT pg_advisory_xact_lock(7291)")
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| e.to_string())?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS regent_conformance_log (
+                 id bigserial PRIMARY KEY, namespace text NOT NULL, role text NOT NULL,
+                 holder text NOT NULL, term bigint NOT NULL, seq bigint NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| e.to_string())?;
+        tx.commit().await.map_err(|e| e.to_string())
+    }
+
+    fn terminate(&self) -> Option<&dyn Terminate<F::Node>> {
+        Some(self)
+    }
+
+    fn fencing(&self) -> Option<&dyn Fencing<F::Node>> {
+        Some(self)
+    }
+
+    async fn unreachable_node(&self) -> Option<Result<F::Node, String>> {
+        Some(
+            self.factory
+                .node_for_url("postgres://postgres@127.0.0.1:1/test")
+                .await,
+        )
+    }
+}
+
+#[async_trait]
+impl<F: PgFactory> Terminate<F::Node> for Pg<F> {
+    async fn terminate_session(&self, node: &F::Node) -> bool {
+        let Some(pid) = self.factory.session_pid(node) else {
+            return false;
+        };
+        let (done,): (bool,) = sqlx::query_as("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(&self.admin)
+            .await
+            .expect("pg_terminate_backend");
+        done
+    }
+}
+
+#[async_trait]
+impl<F: PgFactory> Fencing<F::Node> for Pg<F> {
+    fn work_holds_off_takeover(&self) -> bool {
+        true
+    }
+
+    async fn begin(
+        &self,
+        node: &F::Node,
+        namespace: &Namespace,
+        role: &Role,
+        holder: &NodeId,
+        token: Term,
+    ) -> Result<Box<dyn FencedWork>, FenceError> {
+        self.factory
+            .fenced(node, namespace, role, holder, token)
+            .await
+    }
+
+    async fn log(&self, namespace: &Namespace, role: &Role) -> Result<Vec<FencedEntry>, String> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT holder, term, seq FROM regent_conformance_log
+             WHERE namespace = $1 AND role = $2 ORDER BY seq, id",
+        )
+        .bind(namespace.as_str())
+        .bind(role.as_str())
+        .fetch_all(&self.admin)
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(rows
+            .into_iter()
+            .map(|(holder, term, seq)| FencedEntry {
+                holder,
+                term: Term(term as u64),
+                seq: seq as u64,
+            })
+            .collect())
+    }
 }
 
 /// An admin pool on the database under test.
@@ -97,89 +197,17 @@ pub async fn admin(url: &str) -> PgPool {
         .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url}: {e}"))
 }
 
-/// A unique name for a test's namespace, schema or application name.
-pub fn unique(prefix: &str) -> String {
-    crate::support::pg::unique(prefix)
-}
-
-/// Waits (bounded) until `f` holds, polling every 20 ms.
-pub async fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let start = tokio::time::Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < within,
-            "timed out after {within:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Like [`eventually`] for an async condition.
-pub async fn eventually_async<F, Fut>(what: &str, within: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = tokio::time::Instant::now();
-    while !f().await {
-        assert!(
-            start.elapsed() < within,
-            "timed out after {within:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Builds an elector for `node` in `namespace` named `id` and campaigns for
-/// `role`.
-pub async fn campaign<B: Backend + Clone>(
-    node: &B,
-    namespace: &Namespace,
-    id: &str,
-    role: &Role,
-    config: Config,
-) -> (Elector, LeaderHandle) {
-    let elector = Elector::builder(node.clone())
-        .namespace(namespace.clone())
-        .node_id(NodeId::new(id).expect("valid node id"))
-        .config(config)
-        .build()
-        .await
-        .expect("elector starts");
-    let handle = elector.spawn(role.clone()).await.expect("campaign starts");
-    (elector, handle)
-}
-
-/// The indices of the handles that lead now.
-pub fn leaders(handles: &[LeaderHandle]) -> Vec<usize> {
-    handles
-        .iter()
-        .enumerate()
-        .filter(|(_, h)| h.is_leader())
-        .map(|(i, _)| i)
-        .collect()
-}
-
-/// Generates one `#[tokio::test]` per scenario for a factory expression.
+/// Generates one `#[tokio::test]` per PostgreSQL-only scenario for a
+/// factory expression.
 #[macro_export]
-macro_rules! conformance_tests {
+macro_rules! pg_conformance_tests {
     ($factory:expr) => {
-        $crate::conformance_tests!(@each $factory;
-            one_leader_others_observe,
-            resign_hands_over_by_notification,
-            crash_wait_for_lease,
-            crash_immediate,
-            terminated_session_steps_down,
+        $crate::pg_conformance_tests!(@each $factory;
             zombie_preempted_when_privileged,
             zombie_never_preempted_while_lease_valid,
             zombie_refused_without_privilege,
-            fenced_stale_token_fails,
-            takeover_waits_for_fenced_transaction,
             many_roles_one_session,
-            names_round_trip,
-            namespaces_do_not_interfere,
             concurrent_migrate,
-            unreachable_database_fails_fast,
             all_connections_dropped_then_recovery,
         );
     };
@@ -188,35 +216,8 @@ macro_rules! conformance_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
                 let factory = $factory;
-                $crate::conformance::run(&factory, stringify!($name)).await;
+                $crate::conformance::scenarios_pg::$name(&factory).await;
             }
         )*
     };
-}
-
-/// Runs one scenario by name.
-pub async fn run<F: Factory>(f: &F, name: &str) {
-    use scenarios::*;
-    use scenarios_db::*;
-    match name {
-        "one_leader_others_observe" => one_leader_others_observe(f).await,
-        "resign_hands_over_by_notification" => resign_hands_over_by_notification(f).await,
-        "crash_wait_for_lease" => crash(f, TakeoverPolicy::WaitForLease).await,
-        "crash_immediate" => crash(f, TakeoverPolicy::Immediate).await,
-        "terminated_session_steps_down" => terminated_session_steps_down(f).await,
-        "zombie_preempted_when_privileged" => zombie_preempted_when_privileged(f).await,
-        "zombie_never_preempted_while_lease_valid" => {
-            zombie_never_preempted_while_lease_valid(f).await
-        }
-        "zombie_refused_without_privilege" => zombie_refused_without_privilege(f).await,
-        "fenced_stale_token_fails" => fenced_stale_token_fails(f).await,
-        "takeover_waits_for_fenced_transaction" => takeover_waits_for_fenced_transaction(f).await,
-        "many_roles_one_session" => many_roles_one_session(f).await,
-        "names_round_trip" => names_round_trip(f).await,
-        "namespaces_do_not_interfere" => namespaces_do_not_interfere(f).await,
-        "concurrent_migrate" => concurrent_migrate(f).await,
-        "unreachable_database_fails_fast" => unreachable_database_fails_fast(f).await,
-        "all_connections_dropped_then_recovery" => all_connections_dropped_then_recovery(f).await,
-        other => panic!("unknown conformance scenario {other}"),
-    }
 }

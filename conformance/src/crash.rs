@@ -1,14 +1,15 @@
 //! A backend wrapper that can "crash" its node: from [`Crashable::crash`]
-//! on, every call hangs forever (the process is gone) and the session is
-//! closed without releasing anything, exactly as when a leader process is
-//! killed.
+//! on, every call hangs forever (the process is gone) and the engine closes
+//! the session without releasing anything ([`Engine::crash`]), exactly as
+//! when a leader process is killed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::Engine;
 use async_trait::async_trait;
-use regent::{
+use regent_core::{
     Backend, BackendError, ClaimOutcome, DbTimestamp, Depose, HeldLease, Lease, LeaseRecord, Lock,
     Namespace, NodeId, Notify, PreemptOutcome, Released, RenewOutcome, Role, Subscription, Term,
     TryLockOutcome,
@@ -35,11 +36,14 @@ impl<B: Backend + Clone> Crashable<B> {
         &self.inner
     }
 
-    /// Kills the node: closes its session (dropping its locks, leaving its
-    /// lease row as it was) and freezes every later call.
-    pub async fn crash(&self) {
+    /// Kills the node: from now on every call through this wrapper hangs,
+    /// and `engine` closes the node's session the way a dead process does
+    /// (its locks go, its lease row stays until it runs out). Work the node
+    /// opened outside the session (a fenced transaction on a pool) is left
+    /// as it is.
+    pub async fn crash<E: Engine<Node = B>>(&self, engine: &E) {
         self.crashed.store(true, Ordering::SeqCst);
-        self.inner.reset().await;
+        engine.crash(&self.inner).await;
     }
 
     async fn gate(&self) {

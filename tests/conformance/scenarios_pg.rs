@@ -1,0 +1,242 @@
+//! PostgreSQL-only scenarios: zombies planted with `pg_advisory_lock`,
+//! privileges, one session connection per node, schemas, every connection
+//! terminated. Engine-neutral scenarios live in `regent-conformance`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use regent::postgres::AdvisoryKey;
+use regent::{Config, Elector, Namespace, Role, TakeoverPolicy};
+use regent_conformance::support::{
+    campaign, eventually, fast_builder, fast_config, leaders, unique, within,
+};
+use sqlx::{Connection, PgConnection};
+
+use super::{PgFactory, admin};
+
+/// A superuser session that holds `role`'s advisory lock and a lease row
+/// that ended `ago` ago (negative: still running), like a client that died
+/// behind a pooler while its backend lives on.
+async fn plant_zombie(
+    url: &str,
+    ns: &Namespace,
+    role: &Role,
+    lease_from_now_secs: i64,
+) -> PgConnection {
+    let mut conn = PgConnection::connect(url).await.unwrap();
+    let key = AdvisoryKey::derive(ns, role);
+    sqlx::query("SELECT pg_advisory_lock($1, $2)")
+        .bind(key.ns)
+        .bind(key.role)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO regent_leases
+             (namespace, role, holder, term, backend_pid, acquired_at, renewed_at, lease_until)
+         VALUES ($1, $2, 'zombie', 5, pg_backend_pid(), now() - interval '1 hour',
+                 now() - interval '1 hour', now() + make_interval(secs => $3))",
+    )
+    .bind(ns.as_str())
+    .bind(role.as_str())
+    .bind(lease_from_now_secs as f64)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn
+}
+
+fn preempting(grace: Duration) -> Config {
+    fast_builder(TakeoverPolicy::WaitForLease)
+        .preempt_zombies(true)
+        .zombie_grace(grace)
+        .build()
+        .unwrap()
+}
+
+/// 5a. A zombie whose lease ended more than the grace ago is terminated,
+///     and the candidate leads.
+pub async fn zombie_preempted_when_privileged<F: PgFactory>(f: &F) {
+    let ns = Namespace::new(unique("zombie")).unwrap();
+    let role = Role::new("scheduler").unwrap();
+    let node = f.node(&unique("app"), None).await;
+    f.migrate(&node).await.unwrap();
+    let mut zombie = plant_zombie(f.url(), &ns, &role, -10).await;
+    let (e, h) = campaign(
+        &node,
+        &ns,
+        "node-a",
+        &role,
+        preempting(Duration::from_secs(1)),
+    )
+    .await;
+    let token = within("the candidate preempts the zombie", h.wait_until_leader())
+        .await
+        .unwrap();
+    assert!(token.0 > 5, "new term {token} must exceed the zombie's 5");
+    assert!(
+        sqlx::query("SELECT 1").execute(&mut zombie).await.is_err(),
+        "the zombie's session should have been terminated"
+    );
+    e.shutdown().await;
+}
+
+/// 5b. A holder whose lease is still running is never preempted.
+pub async fn zombie_never_preempted_while_lease_valid<F: PgFactory>(f: &F) {
+    let ns = Namespace::new(unique("valid")).unwrap();
+    let role = Role::new("scheduler").unwrap();
+    let node = f.node(&unique("app"), None).await;
+    f.migrate(&node).await.unwrap();
+    let mut holder = plant_zombie(f.url(), &ns, &role, 3600).await;
+    let (e, h) = campaign(
+        &node,
+        &ns,
+        "node-a",
+        &role,
+        preempting(Duration::from_millis(100)),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!h.is_leader());
+    sqlx::query("SELECT 1")
+        .execute(&mut holder)
+        .await
+        .expect("a holder with a valid lease was terminated");
+    e.shutdown().await;
+}
+
+/// 5c. Without the privilege to terminate the holder, the node says so and
+///     keeps waiting; nothing breaks.
+pub async fn zombie_refused_without_privilege<F: PgFactory>(f: &F) {
+    let ns = Namespace::new(unique("noperm")).unwrap();
+    let role = Role::new("scheduler").unwrap();
+    let db = admin(f.url()).await;
+    let first = f.node(&unique("app"), None).await;
+    f.migrate(&first).await.unwrap();
+    let user = unique("regent_np");
+    for sql in [
+        format!("CREATE ROLE {user} LOGIN"),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON regent_leases TO {user}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    let mut zombie = plant_zombie(f.url(), &ns, &role, -10).await;
+    let node = f.node(&unique("app"), Some(&user)).await;
+    let (e, h) = campaign(
+        &node,
+        &ns,
+        "node-np",
+        &role,
+        preempting(Duration::from_millis(500)),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!h.is_leader());
+    assert!(!e.is_stopped(), "the elector must keep waiting, not stop");
+    sqlx::query("SELECT 1")
+        .execute(&mut zombie)
+        .await
+        .expect("an unprivileged node must not be able to terminate the zombie");
+    e.shutdown().await;
+}
+
+/// 7. 200 roles on one node share one session connection.
+pub async fn many_roles_one_session<F: PgFactory>(f: &F) {
+    let ns = Namespace::new(unique("many")).unwrap();
+    let app = unique("app");
+    let db = admin(f.url()).await;
+    let node = f.node(&app, None).await;
+    f.migrate(&node).await.unwrap();
+    let e = Elector::builder(node.clone())
+        .namespace(ns.clone())
+        .config(fast_config(TakeoverPolicy::WaitForLease))
+        .build()
+        .await
+        .unwrap();
+    let mut handles = Vec::new();
+    for i in 0..200 {
+        handles.push(
+            e.spawn(Role::new(format!("shard-{i}")).unwrap())
+                .await
+                .unwrap(),
+        );
+    }
+    eventually("all 200 roles lead", || leaders(&handles).len() == 200).await;
+    let (sessions,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+            .bind(&app)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(sessions, 1, "200 roles must share one session connection");
+    e.shutdown().await;
+}
+
+/// 9. `migrate()` from 8 tasks at once succeeds, and again is a no-op.
+pub async fn concurrent_migrate<F: PgFactory>(f: &F) {
+    let schema = unique("mig");
+    let db = admin(f.url()).await;
+    let mut nodes = Vec::new();
+    for _ in 0..8 {
+        nodes.push(f.node_in_schema(&unique("app"), &schema).await);
+    }
+    let results = futures::future::join_all(nodes.iter().map(|n| f.migrate(n))).await;
+    for r in results {
+        r.expect("concurrent migrate must succeed");
+    }
+    let (exists,): (bool,) = sqlx::query_as("SELECT to_regclass($1) IS NOT NULL")
+        .bind(format!("{schema}.regent_leases"))
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(exists);
+    f.migrate(&nodes[0])
+        .await
+        .expect("a second migrate is a no-op");
+}
+
+/// 10b. Every connection of the nodes is dropped mid-leadership: the leader
+///      steps down, and a leader is elected again once connections work.
+pub async fn all_connections_dropped_then_recovery<F: PgFactory>(f: &F) {
+    let ns = Namespace::new(unique("drop")).unwrap();
+    let role = Role::new("scheduler").unwrap();
+    let app = unique("app");
+    let db = admin(f.url()).await;
+    let a = f.node(&app, None).await;
+    f.migrate(&a).await.unwrap();
+    let b = f.node(&app, None).await;
+    let cfg = fast_config(TakeoverPolicy::WaitForLease);
+    let (ea, ha) = campaign(&a, &ns, "node-a", &role, cfg.clone()).await;
+    let (eb, hb) = campaign(&b, &ns, "node-b", &role, cfg).await;
+    let handles = [ha.clone(), hb.clone()];
+    eventually("a leader", || leaders(&handles).len() == 1).await;
+    let leader = handles[leaders(&handles)[0]].clone();
+    let lost = Arc::new(AtomicBool::new(false));
+    let l2 = lost.clone();
+    let watcher = tokio::spawn(async move {
+        leader
+            .run_while_leader(|cancel, _| async move {
+                cancel.cancelled().await;
+                l2.store(true, Ordering::SeqCst);
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE application_name LIKE $1 || '%' AND pid <> pg_backend_pid()",
+    )
+    .bind(&app)
+    .execute(&db)
+    .await
+    .unwrap();
+    watcher.await.unwrap().unwrap();
+    assert!(lost.load(Ordering::SeqCst));
+    eventually("a leader again", || leaders(&handles).len() == 1).await;
+    ea.shutdown().await;
+    eb.shutdown().await;
+}
