@@ -145,6 +145,9 @@ pub(crate) async fn run(
         args.roles.join(", ")
     );
     let mut tasks = Vec::new();
+    // A role's campaign lasts while a clone of its handle does: keep them
+    // until shutdown.
+    let mut handles = Vec::new();
     for role in roles {
         let handle = elector.spawn(role.clone()).await?;
         tasks.extend(per_role(Campaign {
@@ -164,10 +167,12 @@ pub(crate) async fn run(
                 }
             }
         }));
+        handles.push(handle);
     }
     db::shutdown_signal().await;
     say!("{} resigning and releasing every role", now_utc());
     elector.shutdown().await;
+    drop(handles);
     for t in tasks {
         let _ = t.await;
     }
