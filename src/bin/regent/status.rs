@@ -2,11 +2,12 @@
 //! both from [`PgBackend::snapshot`](regent::postgres::PgBackend::snapshot):
 //! no SQL of their own.
 //!
-//! `watch` is pushed: it subscribes to each namespace's release
-//! notifications and re-reads the snapshot on every event (and on
-//! `MaybeMissed`), once more shortly after (a standby claims right after a
-//! release), and otherwise every `--refresh`, so renewals that stop and
-//! leases that run out still show.
+//! `watch` is pushed: it subscribes to the release notifications of each
+//! namespace that has a lease in force (at most [`MAX_LISTENED`]; each
+//! subscription is a connection) and re-reads the snapshot on every event
+//! (and on `MaybeMissed`), once more shortly after (a standby claims right
+//! after a release), and otherwise every `--refresh`, so crashes, claims
+//! in quiet namespaces and leases that run out still show.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -17,6 +18,7 @@ use regent::postgres::{HolderSession, LeaseStatus, Snapshot};
 use regent::sqlx::SqlxBackend;
 use regent::{DbTimestamp, LeaseRecord, Namespace, Notify};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::db::{self, DbArgs, duration, now_utc};
@@ -29,6 +31,10 @@ const SETTLE: Duration = Duration::from_millis(250);
 /// How long a namespace's listener waits before subscribing again after
 /// its subscription failed.
 const RESUBSCRIBE: Duration = Duration::from_secs(1);
+/// The most namespaces `watch` listens to at once: each listener holds a
+/// connection, and a database may hold many namespaces. The others show
+/// at the `--refresh` interval.
+const MAX_LISTENED: usize = 16;
 
 /// Arguments of `regent status` and `regent watch`.
 #[derive(Debug, Args)]
@@ -158,7 +164,7 @@ fn changes(seen: &mut BTreeMap<(String, String), Seen>, snap: &Snapshot) -> Vec<
 /// Forwards every event of `namespace`'s release channel to `wake` (and
 /// one after each failed subscription, as events may have been missed)
 /// until `watch` ends.
-fn listen(b: SqlxBackend, namespace: Namespace, wake: mpsc::UnboundedSender<()>) {
+fn listen(b: SqlxBackend, namespace: Namespace, wake: mpsc::UnboundedSender<()>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut warned = false;
         loop {
@@ -185,7 +191,46 @@ fn listen(b: SqlxBackend, namespace: Namespace, wake: mpsc::UnboundedSender<()>)
             }
             tokio::time::sleep(RESUBSCRIBE).await;
         }
-    });
+    })
+}
+
+/// The namespaces of `snap` worth listening to: those with a lease in
+/// force (only a holder can release), at most `max`, in name order.
+fn to_listen(snap: &Snapshot, max: usize) -> BTreeSet<Namespace> {
+    snap.leases
+        .iter()
+        .filter(|s| s.led_at(snap.db_now))
+        .map(|s| s.lease.namespace.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .take(max)
+        .collect()
+}
+
+/// The release listeners of `watch`, one task per namespace.
+struct Listeners {
+    backend: SqlxBackend,
+    wake: mpsc::UnboundedSender<()>,
+    tasks: BTreeMap<Namespace, JoinHandle<()>>,
+}
+
+impl Listeners {
+    /// Listens to exactly `wanted`: starts the new, stops the others.
+    fn listen_to(&mut self, wanted: &BTreeSet<Namespace>) {
+        self.tasks.retain(|ns, task| {
+            let keep = wanted.contains(ns);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for ns in wanted {
+            if !self.tasks.contains_key(ns) {
+                let task = listen(self.backend.clone(), ns.clone(), self.wake.clone());
+                self.tasks.insert(ns.clone(), task);
+            }
+        }
+    }
 }
 
 /// `regent watch`
@@ -193,10 +238,14 @@ pub(crate) async fn watch(args: StatusArgs) -> Result<u8, CliError> {
     let namespace = args.namespace.as_deref().map(Namespace::new).transpose()?;
     let b = db::backend(&args.db, "regent-watch").await?;
     let (wake_tx, mut wake) = mpsc::unbounded_channel();
-    let mut listening = BTreeSet::new();
+    let mut listeners = Listeners {
+        backend: b.clone(),
+        wake: wake_tx,
+        tasks: BTreeMap::new(),
+    };
     if let Some(ns) = &namespace {
-        listen(b.clone(), ns.clone(), wake_tx.clone());
-        listening.insert(ns.clone());
+        // One namespace: listen to it from the start, led or not.
+        listeners.listen_to(&BTreeSet::from([ns.clone()]));
     }
     let mut seen = BTreeMap::new();
     let stop = db::shutdown_signal();
@@ -222,11 +271,8 @@ pub(crate) async fn watch(args: StatusArgs) -> Result<u8, CliError> {
         for line in changes(&mut seen, &snap) {
             say!("{} {line}", now_utc());
         }
-        // Without --namespace, listen to every namespace as it appears.
-        for s in &snap.leases {
-            if listening.insert(s.lease.namespace.clone()) {
-                listen(b.clone(), s.lease.namespace.clone(), wake_tx.clone());
-            }
+        if namespace.is_none() {
+            listeners.listen_to(&to_listen(&snap, MAX_LISTENED));
         }
     }
 }
@@ -282,6 +328,32 @@ mod tests {
              demo       scheduler  n2           12    expired 2.0s ago  gone (pid 77)"
         );
         assert_eq!(table(&snap(0, vec![])), "no leases yet");
+    }
+
+    #[test]
+    fn watch_listens_only_to_namespaces_with_a_lease_in_force() {
+        let alive = HolderSession::Alive { pid: 1 };
+        let in_ns = |ns: &str, until_s: i64, s: HolderSession| {
+            let mut l = status("r", "n", 1, until_s, s);
+            l.lease.namespace = Namespace::new(ns).unwrap();
+            l
+        };
+        let s = snap(
+            10,
+            vec![
+                in_ns("c", 20, alive),
+                in_ns("a", 20, alive),
+                in_ns("a", 20, alive),
+                in_ns("expired", 5, alive),
+                in_ns("dead", 20, HolderSession::Gone { pid: 9 }),
+                in_ns("b", 20, HolderSession::Unknown),
+            ],
+        );
+        let names = |set: BTreeSet<Namespace>| -> Vec<String> {
+            set.into_iter().map(|n| n.to_string()).collect()
+        };
+        assert_eq!(names(to_listen(&s, 16)), ["a", "b", "c"]);
+        assert_eq!(names(to_listen(&s, 2)), ["a", "b"]);
     }
 
     #[test]
