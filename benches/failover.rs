@@ -1,4 +1,5 @@
-//! Crash failover: SIGKILL the leader `regent node` process, measure the
+//! Crash failover: SIGKILL the leader `regent node` process (the fault-test
+//! build of it, `regent-fault-node`, run without `--fenced-counter`), measure the
 //! leaderless gap until a standby prints `LEADER`, respawn the killed node,
 //! repeat. Three nodes, local PostgreSQL, release build of the CLI.
 //!

@@ -115,8 +115,8 @@ pub use machine::{
     RoleState, StepDownReason,
 };
 pub use types::{
-    DbTimestamp, Fence, FencingToken, LeaseRecord, LocalInstant, MAX_NAME_BYTES, NameError,
-    Namespace, NodeId, Role, Term, TermError,
+    DbTimestamp, Fence, LeaseRecord, LocalInstant, MAX_NAME_BYTES, NameError, Namespace, NodeId,
+    Role, Term, TermError,
 };
 
 #[cfg(feature = "driver")]

@@ -266,11 +266,6 @@ impl TryFrom<i64> for Term {
     }
 }
 
-/// Another name for [`Term`], kept for code written before the two were
-/// unified. Prefer [`Term`] (or [`Fence`], which also names the role and
-/// the holder).
-pub type FencingToken = Term;
-
 /// Proof of one term of leadership, to hand to anything leader-only work
 /// writes to: the namespace and role led, the node that led it, and the
 /// term. A downstream system stores the newest term it has accepted per

@@ -70,6 +70,7 @@ mod rows;
 mod session;
 mod settings;
 mod statements;
+mod status;
 
 /// What [`forward_backend!`] expands to refers to; not public API.
 #[doc(hidden)]
@@ -104,6 +105,10 @@ pub use statements::{
     BACKEND_PID, BEGIN, COMMIT, MODE_ALREADY_HELD, MODE_SKIP, MODE_TRY, PREEMPT_NOT_PERMITTED,
     PREEMPT_NOT_ZOMBIE, PREEMPT_TERMINATED, PROBE_BEGIN, ROLLBACK, Statements, listen,
     set_commands, set_local_commands,
+};
+pub use status::{
+    HolderSession, LeaseStatus, Snapshot, StatusStatements, join_holders, leases_from_rows,
+    lock_checks,
 };
 
 /// The default schema of the lease table.

@@ -2,9 +2,10 @@
 //! prints (leadership changes, fenced writes), SIGKILL / SIGSTOP / SIGCONT
 //! it. The child is killed (SIGKILL) and reaped on drop.
 //!
-//! The binary is the `regent` CLI of this package, so a test using this
-//! module must be an integration test or bench of the facade
-//! (`CARGO_BIN_EXE_regent`).
+//! The binary is this package's `regent-fault-node` (test support: `regent
+//! node` from the CLI's own sources plus `--fenced-counter`), so a test
+//! using this module must be an integration test or bench of the facade
+//! (`CARGO_BIN_EXE_regent-fault-node`).
 
 #![allow(dead_code)]
 
@@ -44,7 +45,7 @@ struct Out {
     stderr: String,
 }
 
-/// A running `regent node`.
+/// A running `regent-fault-node` (`regent node` + `--fenced-counter`).
 pub struct Node {
     /// A label for messages (its `--node-id`).
     pub id: String,
@@ -53,9 +54,10 @@ pub struct Node {
     killed: bool,
 }
 
-/// The path of the `regent` binary Cargo built for this test run.
-pub fn regent_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_regent")
+/// The path of the `regent-fault-node` binary Cargo built for this test
+/// run.
+pub fn node_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_regent-fault-node")
 }
 
 /// Timing and policy flags for a short-lease node: lease 2 s, renew
@@ -77,19 +79,11 @@ pub fn fast_flags() -> Vec<String> {
 }
 
 impl Node {
-    /// Starts `regent node --database-url URL --role ROLE --node-id ID
+    /// Starts `regent-fault-node --database-url URL --role ROLE --node-id ID
     /// --namespace NS --application-name ID` plus `extra` flags.
     pub fn spawn(url: &str, ns: &str, role: &str, id: &str, extra: &[String]) -> Node {
-        let mut child = Command::new(regent_bin())
-            .args([
-                "node",
-                "--database-url",
-                url,
-                "--role",
-                role,
-                "--node-id",
-                id,
-            ])
+        let mut child = Command::new(node_bin())
+            .args(["--database-url", url, "--role", role, "--node-id", id])
             .args(["--namespace", ns, "--application-name", id])
             .args(extra)
             .env_remove("DATABASE_URL")
@@ -97,7 +91,7 @@ impl Node {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", regent_bin()));
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", node_bin()));
         let out = Arc::new(Mutex::new(Out::default()));
         let stdout = child.stdout.take().expect("piped stdout");
         let o = out.clone();

@@ -8,19 +8,29 @@
 //! regent watch   --database-url … [--namespace default]
 //! ```
 //!
-//! Errors are one line on stderr and a non-zero exit code.
+//! Errors are one line on stderr and exit status 2; a simulator run that
+//! found a violation exits with 1; writing to a closed pipe
+//! (`regent status | head -1`) ends quietly with 141.
 
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "sqlx")]
-mod pg;
+mod db;
+mod error;
+#[cfg(feature = "sqlx")]
+mod node;
+mod out;
 #[cfg(feature = "sim")]
 mod sim;
+#[cfg(feature = "sqlx")]
+mod status;
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
+use crate::error::{CliError, EXIT_ERROR};
+use crate::out::say;
 
 /// Leader election on PostgreSQL, and its deterministic simulator.
 #[derive(Debug, Parser)]
@@ -37,17 +47,17 @@ enum Cmd {
     Sim(sim::SimArgs),
     /// Create the lease table (idempotent).
     #[cfg(feature = "sqlx")]
-    Migrate(pg::DbArgs),
+    Migrate(db::DbArgs),
     /// Run a node that campaigns for roles and prints leadership changes;
     /// Ctrl-C resigns gracefully.
     #[cfg(feature = "sqlx")]
-    Node(pg::NodeArgs),
+    Node(node::NodeArgs),
     /// Print who leads each role.
     #[cfg(feature = "sqlx")]
-    Status(pg::StatusArgs),
+    Status(status::StatusArgs),
     /// Stream leadership changes as they happen.
     #[cfg(feature = "sqlx")]
-    Watch(pg::StatusArgs),
+    Watch(status::StatusArgs),
     /// Print which backends and tools this build of regent includes.
     Features,
 }
@@ -60,52 +70,26 @@ fn features() -> u8 {
             "no (rebuild with the feature)"
         }
     };
-    println!("sqlx backend:           {}", on(cfg!(feature = "sqlx")));
-    println!(
+    say!("sqlx backend:           {}", on(cfg!(feature = "sqlx")));
+    say!(
         "tokio-postgres backend: {}",
         on(cfg!(feature = "tokio-postgres"))
     );
-    println!("simulator:              {}", on(cfg!(feature = "sim")));
+    say!("simulator:              {}", on(cfg!(feature = "sim")));
     0
 }
 
-/// An error for the user: printed as one line.
-#[derive(Debug)]
-pub(crate) struct CliError(pub(crate) String);
-
-impl<E: std::fmt::Display> From<E> for CliError {
-    fn from(e: E) -> Self {
-        CliError(e.to_string())
-    }
+/// `regent migrate`
+#[cfg(feature = "sqlx")]
+async fn migrate(args: db::DbArgs) -> Result<u8, CliError> {
+    let b = db::backend(&args, "regent-migrate").await?;
+    b.migrate().await?;
+    say!("lease table {} is ready", b.table());
+    Ok(0)
 }
 
-/// The exit status of a run whose checks failed (a simulator violation).
-pub(crate) const EXIT_VIOLATION: u8 = 1;
-/// The exit status of an error (bad input, unreachable database).
-pub(crate) const EXIT_ERROR: u8 = 2;
-
-/// Parses `500ms`, `2s`, `1.5s`, `3m`.
-#[cfg_attr(not(feature = "sqlx"), allow(dead_code))] // used by the database subcommands
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration; write e.g. 500ms, 2s or 1m"))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        other => return Err(format!("unknown unit {other:?} in {s:?}; use ms, s or m")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
-}
-
-/// Writing to a closed pipe (`regent status | head -1`) ends the program
-/// quietly, with the conventional SIGPIPE status; any other panic prints one
-/// line, not a backtrace.
+/// A panic prints one line, not a backtrace. (Output never panics: see
+/// [`out`].)
 fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let payload = info.payload();
@@ -114,9 +98,6 @@ fn install_panic_hook() {
             .map(String::as_str)
             .or_else(|| payload.downcast_ref::<&str>().copied())
             .unwrap_or("");
-        if msg.contains("Broken pipe") {
-            std::process::exit(141);
-        }
         eprintln!("error: internal error ({msg}); please report it");
     }));
 }
@@ -128,13 +109,13 @@ fn main() -> ExitCode {
         #[cfg(feature = "sim")]
         Cmd::Sim(args) => sim::run(&args),
         #[cfg(feature = "sqlx")]
-        Cmd::Migrate(args) => pg::block_on(pg::migrate(args)),
+        Cmd::Migrate(args) => db::block_on(migrate(args)),
         #[cfg(feature = "sqlx")]
-        Cmd::Node(args) => pg::block_on(pg::node(args)),
+        Cmd::Node(args) => db::block_on(node::run(args, |_| None)),
         #[cfg(feature = "sqlx")]
-        Cmd::Status(args) => pg::block_on(pg::status(args)),
+        Cmd::Status(args) => db::block_on(status::status(args)),
         #[cfg(feature = "sqlx")]
-        Cmd::Watch(args) => pg::block_on(pg::watch(args)),
+        Cmd::Watch(args) => db::block_on(status::watch(args)),
         Cmd::Features => Ok(features()),
     };
     match result {
@@ -151,18 +132,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("3h").is_err());
-    }
-
-    #[test]
     fn cli_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[cfg(feature = "sqlx")]
+    #[test]
+    fn durations_are_checked_when_parsing_flags() {
+        let node = |lease: &str| {
+            Cli::try_parse_from([
+                "regent",
+                "node",
+                "--database-url",
+                "x",
+                "--role",
+                "r",
+                "--lease",
+                lease,
+            ])
+        };
+        assert!(node("1m30s").is_ok());
+        let e = node("soon").unwrap_err().to_string();
+        assert!(e.contains("such as 500ms"), "{e}");
+        // `--interval` stays an alias of `watch --refresh`.
+        let watch =
+            Cli::try_parse_from(["regent", "watch", "--database-url", "x", "--interval", "2s"]);
+        assert!(watch.is_ok());
     }
 }

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use regent::sim::{FaultSelection, Mutant, SimConfig, SweepReport, default_jobs, parse_policy};
 
-use crate::{CliError, EXIT_VIOLATION};
+use crate::error::{CliError, EXIT_VIOLATION};
+use crate::out::{self, say};
 
 /// Arguments of `regent sim`.
 #[derive(Debug, Args)]
@@ -95,15 +96,15 @@ fn single(args: &SimArgs, config: &SimConfig) -> Result<u8, CliError> {
     let started = Instant::now();
     let report = regent::sim::run(config);
     if args.timeline {
-        println!("{}", report.timeline);
+        say!("{}", report.timeline);
     }
     if let Some(path) = &args.svg {
         std::fs::write(path, &report.svg)
             .map_err(|e| CliError(format!("cannot write {}: {e}", path.display())))?;
-        println!("wrote {}", path.display());
+        say!("wrote {}", path.display());
     }
-    print!("{report}");
-    println!("wall time: {:.2?}", started.elapsed());
+    out::text(&report.to_string());
+    say!("wall time: {:.2?}", started.elapsed());
     Ok(if report.passed() { 0 } else { EXIT_VIOLATION })
 }
 
@@ -139,10 +140,10 @@ fn sweep(args: &SimArgs, config: &SimConfig, n: u64) -> Result<u8, CliError> {
     );
     let _ = writeln!(std::io::stderr());
     let wall = started.elapsed();
-    println!("{}", summary(&total, wall, jobs));
+    say!("{}", summary(&total, wall, jobs));
     if let Some(fail) = total.failures.first() {
-        println!("first violation (seed {}):", fail.config.seed);
-        print!("{fail}");
+        say!("first violation (seed {}):", fail.config.seed);
+        out::text(&fail.to_string());
         return Ok(EXIT_VIOLATION);
     }
     Ok(0)

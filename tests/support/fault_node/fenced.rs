@@ -1,6 +1,6 @@
-//! `regent node --fenced-counter TABLE`: while leading, increment a counter
-//! row inside a fenced transaction every ~100 ms, so fault tests can watch
-//! a leader's side effects from outside the process.
+//! `regent-fault-node --fenced-counter TABLE`: while leading, increment a
+//! counter row inside a fenced transaction every ~100 ms, so fault tests
+//! can watch a leader's side effects from outside the process.
 //!
 //! The counter table has one row per role:
 //! `(role text PRIMARY KEY, value int8, last_token int8)`. Each write runs
@@ -21,10 +21,12 @@
 use std::time::Duration;
 
 use regent::sqlx::{FencedError, SqlxBackend};
-use regent::{FencingToken, LeaderHandle, Namespace, NodeId, Role};
+use regent::{LeaderHandle, Namespace, NodeId, Role, Term};
 use tokio::task::JoinHandle;
 
-use crate::CliError;
+use crate::db::now_utc;
+use crate::error::CliError;
+use crate::out::say;
 
 /// How often a leader writes.
 const PERIOD: Duration = Duration::from_millis(100);
@@ -125,12 +127,12 @@ impl Writer {
                     }
                     Outcome::Error(e) => format!("fenced-write error term {token}: {e}"),
                 };
-                println!("{} {:<20} {line}", super::now_utc(), self.role);
+                say!("{} {:<20} {line}", now_utc(), self.role);
             }
         })
     }
 
-    async fn write(&self, token: FencingToken) -> Outcome {
+    async fn write(&self, token: Term) -> Outcome {
         let mut tx = match self
             .backend
             .fenced(&regent::Fence::new(
