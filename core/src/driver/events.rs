@@ -116,7 +116,7 @@ impl NodeTask {
             }
             Event::LeadershipAtRisk { role, deadline } => {
                 let at = self.instant(deadline);
-                let left = at.saturating_duration_since(Instant::now());
+                let left = at.saturating_duration_since(crate::driver::clock::now());
                 warn!(role = %role, remaining = ?left, "renewals failing; leadership at risk");
                 if let Some(shared) = self.shared(&role) {
                     shared.status.send_if_modified(|s| match s.health {

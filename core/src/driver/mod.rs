@@ -47,6 +47,7 @@
 //!   leader-only work still running ([`DrainOverrun`]).
 //! - `regent_renew_latency_seconds` (histogram, `namespace` only).
 
+mod clock;
 mod events;
 mod exec;
 mod handle;

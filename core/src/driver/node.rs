@@ -12,6 +12,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::backend::{Backend, NotifyEvent};
 use crate::config::Config;
+use crate::driver::clock;
 use crate::driver::exec::{ExecContext, execute};
 use crate::driver::status::{RoleShared, Unhealthy};
 use crate::machine::{CommandId, CommandResult, Machine, RoleState};
@@ -99,7 +100,8 @@ impl NodeTask {
     }
 
     fn now(&self) -> LocalInstant {
-        LocalInstant::from_duration(Instant::now().saturating_duration_since(self.origin))
+        // Suspend-aware: a resumed node sees the time it slept (clock.rs).
+        LocalInstant::from_duration(clock::now().saturating_duration_since(self.origin))
     }
 
     pub(super) fn instant(&self, t: LocalInstant) -> Instant {
@@ -349,7 +351,7 @@ fn forward(weak: &mpsc::WeakUnboundedSender<Ctrl>, event: NotifyEvent) -> bool {
 
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+        Some(at) => tokio::time::sleep_until(clock::sleep_target(at)).await,
         None => std::future::pending().await,
     }
 }

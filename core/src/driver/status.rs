@@ -166,7 +166,9 @@ impl Status {
     /// checked on every call.
     pub(crate) fn is_leader_now(&self) -> bool {
         matches!(self.leadership, Leadership::Leader { .. })
-            && self.deadline.is_some_and(|d| Instant::now() < d)
+            && self
+                .deadline
+                .is_some_and(|d| crate::driver::clock::now() < d)
     }
 
     /// The term while [`Status::is_leader_now`] holds.
