@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Ctx, LEASE, granted, node_id, role};
-use regent_core::{BackendError, Depose, HeldLease, Lease, Lock, PreemptOutcome};
+use regent_core::{BackendError, Depose, HeldLease, Lease, Lock, PreemptOutcome, Term};
 use regent_sqlx::{SessionSettings, SqlxBackend};
 
 #[tokio::test]
@@ -248,6 +248,51 @@ async fn two_hundred_roles_share_one_session_connection() {
     .await
     .unwrap();
     assert_eq!(locks, 200);
+    ctx.cleanup().await;
+}
+
+/// A zombie frozen inside a fenced transaction: deposing it ends that
+/// transaction too (it carries a name unique to the zombie's term), so the
+/// claim is no longer held off until `fenced_idle_timeout`.
+#[tokio::test]
+async fn deposing_a_zombie_ends_its_open_fenced_work() {
+    let ctx = Ctx::new("depfence").await;
+    let (a, b) = (ctx.node("a"), ctx.node("b"));
+    let (r, ida, idb) = (role("r"), node_id("a"), node_id("b"));
+    assert!(granted(&a, &ctx.ns(), &r).await);
+    let term = a
+        .claim(&ctx.ns(), &r, &ida, Duration::from_millis(200))
+        .await
+        .unwrap()
+        .term;
+    let fence = regent_core::Fence::new(ctx.ns(), r.clone(), ida.clone(), term);
+    let mut tx = a.fenced(&fence).await.unwrap();
+    // a freezes: its lock session and its fenced work stay open.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let lease = b
+        .try_lock(&ctx.ns(), std::slice::from_ref(&r))
+        .await
+        .unwrap()
+        .attempts[0]
+        .lease
+        .clone()
+        .unwrap();
+    assert_eq!(
+        b.depose(&lease, Duration::from_millis(100)).await.unwrap(),
+        PreemptOutcome::Terminated
+    );
+    ctx.wait_gone(&ctx.app("a")).await;
+    // The fenced work is gone too: the claim is not busy, and a's late
+    // write cannot commit.
+    assert!(granted(&b, &ctx.ns(), &r).await);
+    let c = b.claim(&ctx.ns(), &r, &idb, LEASE).await.unwrap();
+    assert_eq!(c.term, Term(term.0 + 1));
+    let late = async {
+        sqlx::query("SELECT 1").execute(&mut *tx).await?;
+        tx.commit().await
+    }
+    .await;
+    assert!(late.is_err(), "the zombie's fenced work committed");
     ctx.cleanup().await;
 }
 

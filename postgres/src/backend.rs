@@ -281,9 +281,12 @@ impl<D: Driver> Lease for PgBackend<D> {
 /// Deposes a zombie holder by terminating its backend
 /// (`pg_terminate_backend`), only while that backend still holds the role's
 /// advisory lock and the row still names it with a lease ended more than
-/// the grace ago: a reused pid is never hit. Needs `pg_signal_backend`, or
-/// the same database role as the holder (PostgreSQL lets a role signal its
-/// own backends).
+/// the grace ago: a reused pid is never hit. Then it also ends the fenced
+/// transactions that holder left open in that term (they carry a name
+/// unique to it, see [`crate::fenced_application_name`]), so a holder
+/// frozen inside fenced work no longer holds off the claim until
+/// `fenced_idle_timeout`. Needs `pg_signal_backend`, or the same database
+/// role as the holder (PostgreSQL lets a role signal its own backends).
 #[async_trait]
 impl<D: Driver> Depose for PgBackend<D> {
     async fn depose(
@@ -404,9 +407,17 @@ impl<D: Driver> PgBackend<D> {
             Some(msg) => FencedError::Misconfigured(msg),
             None => FencedError::Database(err),
         };
-        tx.tx_simple(&crate::set_local_commands(&e.settings.fenced_gucs()))
-            .await
-            .map_err(db)?;
+        // Bound the transaction, and name it after this one term of this
+        // holder: deposing the holder ends it (see `Depose`), and operators
+        // can tell it apart in pg_stat_activity. The name is hex: no quoting
+        // issue.
+        let name =
+            crate::fenced_application_name(namespace, role, fence.holder().as_str(), fence.term());
+        let setup = format!(
+            "{}SET LOCAL application_name = '{name}';",
+            crate::set_local_commands(&e.settings.fenced_gucs())
+        );
+        tx.tx_simple(&setup).await.map_err(db)?;
         let rows = tx
             .tx_query(
                 &e.sql.fenced,

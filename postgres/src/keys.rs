@@ -76,6 +76,40 @@ impl AdvisoryKey {
     }
 }
 
+/// The `application_name` a fenced transaction carries while it runs:
+/// `regent:fenced:` and 16 hex digits of FNV-1a 64 over namespace, role,
+/// holder and term (NUL-separated). It names exactly one term of one
+/// holder, so deposing that holder ([`crate::PgBackend`]'s `Depose`) can end
+/// the fenced work it left open — and nothing else — and an operator can
+/// tell fenced work apart in `pg_stat_activity`.
+///
+/// ```
+/// use regent_core::{Fence, Namespace, NodeId, Role, Term};
+/// use regent_postgres::fenced_application_name;
+/// let name = fenced_application_name(
+///     &Namespace::default(),
+///     &Role::new("scheduler").unwrap(),
+///     "node-a",
+///     Term(7),
+/// );
+/// assert!(name.starts_with("regent:fenced:") && name.len() == 30);
+/// ```
+pub fn fenced_application_name(
+    namespace: &Namespace,
+    role: &Role,
+    holder: &str,
+    term: regent_core::Term,
+) -> String {
+    let key = format!(
+        "{}\0{}\0{}\0{}",
+        namespace.as_str(),
+        role.as_str(),
+        holder,
+        term.0
+    );
+    format!("regent:fenced:{:016x}", fnv1a64(key.as_bytes()))
+}
+
 /// The `LISTEN`/`NOTIFY` channel of a namespace's release notifications:
 /// `regent:<namespace>` if that fits PostgreSQL's 63-byte limit, else
 /// `regent:<prefix>:<16 hex digits of FNV-1a 64 of the namespace>`,

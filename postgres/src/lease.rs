@@ -167,6 +167,26 @@ impl<D: Driver> Engine<D> {
             }
             PreemptOutcome::Terminated => {
                 tracing::info!(holder = %lease.holder, pid, role = %lease.role, "terminated zombie holder");
+                // Its fenced work of that term would be refused anyway; end
+                // it so its row lock no longer holds off the next claim.
+                let name = crate::fenced_application_name(
+                    &lease.namespace,
+                    &lease.role,
+                    &lease.holder,
+                    lease.term,
+                );
+                match self.pool(&self.sql.end_fenced, &[Param::Text(name)]).await {
+                    Ok(rows) => {
+                        let ended = rows.first().and_then(|r| r.int("ended").ok()).unwrap_or(0);
+                        if ended > 0 {
+                            tracing::info!(holder = %lease.holder, role = %lease.role, ended, "ended the zombie's open fenced transactions");
+                        }
+                    }
+                    Err(e) => tracing::warn!(
+                        holder = %lease.holder, role = %lease.role, error = %e,
+                        "could not end the zombie's fenced transactions; the claim waits for fenced_idle_timeout"
+                    ),
+                }
             }
             PreemptOutcome::NotZombie => {}
         }

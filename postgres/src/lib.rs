@@ -89,7 +89,9 @@ pub use errors::{
     open_timeout_error, pool_error, session_error,
 };
 pub use fenced::{Stale, check_fenced};
-pub use keys::{AdvisoryKey, fnv1a64, fold32, migrate_lock_key, notify_channel};
+pub use keys::{
+    AdvisoryKey, fenced_application_name, fnv1a64, fold32, migrate_lock_key, notify_channel,
+};
 pub use listen::PgSubscription;
 pub use ops::SQLSTATE_LOCK_NOT_AVAILABLE;
 pub use plan::{

@@ -85,6 +85,12 @@ pub struct Statements {
     /// that holder, term and pid, `lease_until + grace < now()`, and that pid
     /// still holds the role's advisory lock (so a reused pid is never hit).
     pub preempt: String,
+    /// `$1 application_name text` → `ended int8`: terminates the backends
+    /// that carry exactly this fenced-transaction name (see
+    /// [`fenced_application_name`](crate::fenced_application_name)), run
+    /// after the holder they belong to was deposed, so its open fenced work
+    /// no longer holds the lease row against the next claim.
+    pub end_fenced: String,
     /// `$1 ns, $2 role` → `holder, term` with the row locked `FOR KEY
     /// SHARE`: a takeover's claim (`FOR UPDATE`) conflicts with it, the
     /// leader's own renewal (`FOR NO KEY UPDATE`) does not.
@@ -192,7 +198,12 @@ impl Statements {
             "SELECT holder, term FROM {t} WHERE namespace = $1::text AND role = $2::text \
              FOR KEY SHARE"
         );
+        let end_fenced = "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) AS ended \
+             FROM pg_stat_activity WHERE application_name = $1::text \
+             AND datname = current_database() AND pid <> pg_backend_pid()"
+            .to_owned();
         Self {
+            end_fenced,
             try_lock,
             claim,
             renew,
