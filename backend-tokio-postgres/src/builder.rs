@@ -1,8 +1,6 @@
 //! [`TokioPgBackendBuilder`]: options that do not depend on a namespace,
 //! and the TLS connector.
 
-use std::time::Duration;
-
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use regent_postgres::{DEFAULT_SCHEMA, DEFAULT_TABLE, Settings, TableName, require};
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
@@ -78,61 +76,7 @@ impl<T> TokioPgBackendBuilder<T> {
         }
     }
 
-    /// Schema of the lease table. Default `public`.
-    pub fn schema(mut self, schema: &str) -> Self {
-        schema.clone_into(&mut self.schema);
-        self
-    }
-
-    /// Name of the lease table. Default `regent_leases`.
-    pub fn table(mut self, table: &str) -> Self {
-        table.clone_into(&mut self.table);
-        self
-    }
-
-    /// `application_name` of the lock session, shown in `pg_stat_activity`
-    /// (listeners use the same name with `:listen` appended). Default
-    /// `regent`.
-    pub fn application_name(mut self, name: &str) -> Self {
-        name.clone_into(&mut self.settings.application_name);
-        self
-    }
-
-    /// `statement_timeout` of the lock session. Default 5 s, at least 1 ms.
-    /// A claim waits at most this long for in-flight fenced transactions.
-    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.statement_timeout = timeout;
-        self
-    }
-
-    /// TCP keepalives of the session and listeners, on both ends: the
-    /// client's socket (`keepalives_idle`, `_interval`, `_retries` of
-    /// `tokio_postgres::Config`, so a vanished server ends the connection and
-    /// is reported as lock loss) and the server's (`tcp_keepalives_idle`,
-    /// `_interval`, `_count`, so the server drops a vanished client, and its
-    /// locks), in whole seconds. Default 5 s, 2 s, 3.
-    pub fn tcp_keepalives(mut self, idle: Duration, interval: Duration, count: u32) -> Self {
-        self.settings.keepalives_idle = idle;
-        self.settings.keepalives_interval = interval;
-        self.settings.keepalives_count = count;
-        self
-    }
-
-    /// How long a fenced transaction ([`TokioPgBackend::fenced`]) may sit
-    /// idle, and any one statement in it run, before the server ends it
-    /// (rolled back, connection closed, the write does not happen). A
-    /// takeover waits at most this long for a frozen leader's fenced work.
-    /// Default 10 s; at least 1 ms.
-    pub fn fenced_idle_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.fenced_idle_timeout = timeout;
-        self
-    }
-
-    /// How session settings are sent; see [`SessionSettings`].
-    pub fn session_settings(mut self, how: SessionSettings) -> Self {
-        self.settings.session_settings = how;
-        self
-    }
+    regent_postgres::settings_setters!();
 
     /// Size of the pool [`TokioPgBackendBuilder::connect`] creates (used for
     /// `list`, `read`, notifications, preemption and fenced transactions; the
@@ -211,6 +155,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn err(b: TokioPgBackendBuilder) -> String {

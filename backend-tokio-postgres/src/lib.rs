@@ -59,9 +59,9 @@
 //! within milliseconds. Each such end is reported once: to every
 //! `session_closed` call waiting for a session that was open when it was
 //! made (or opened since), or, if nobody was waiting, as
-//! [`BackendError::SessionLost`] from the next call. A session closed by the
+//! [`BackendError::SessionLost`](regent_core::BackendError::SessionLost) from the next call. A session closed by the
 //! backend itself (`reset`, an error) is reported by the call that closed it,
-//! never by `session_closed`. [`TokioPgBackend::session_pid`] shows the
+//! never by `session_closed`. [`PgBackend::session_pid`](regent_postgres::PgBackend::session_pid) shows the
 //! current session's backend pid.
 //!
 //! # Failure handling

@@ -93,7 +93,7 @@ pub struct TryLockOutcome {
     pub attempts: Vec<LockAttempt>,
 }
 
-/// What [`Lock::preempt`] did.
+/// What [`Depose::depose`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PreemptOutcome {
     /// The holder's session was terminated; its lock is free (or about to be).

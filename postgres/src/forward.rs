@@ -138,3 +138,75 @@ macro_rules! forward_backend {
         }
     };
 }
+
+/// The builder options every adapter shares, written once: expands to
+/// `schema`, `table`, `application_name`, `statement_timeout`,
+/// `tcp_keepalives`, `fenced_idle_timeout` and `session_settings` setters
+/// inside an adapter builder's `impl` block. The builder needs fields
+/// `schema: String`, `table: String` and `settings:`
+/// [`Settings`](crate::Settings).
+#[macro_export]
+macro_rules! settings_setters {
+    () => {
+        /// Schema of the lease table. Default `public`.
+        pub fn schema(mut self, schema: &str) -> Self {
+            schema.clone_into(&mut self.schema);
+            self
+        }
+
+        /// Name of the lease table. Default `regent_leases`.
+        pub fn table(mut self, table: &str) -> Self {
+            table.clone_into(&mut self.table);
+            self
+        }
+
+        /// `application_name` of the lock session, shown in
+        /// `pg_stat_activity` (the listener appends `:listen`; fenced
+        /// transactions carry `regent:fenced:…` while they run). Default
+        /// `regent`.
+        pub fn application_name(mut self, name: &str) -> Self {
+            name.clone_into(&mut self.settings.application_name);
+            self
+        }
+
+        /// `statement_timeout` of the lock session. Default 5 s, at least
+        /// 1 ms. A call with no reply within this plus 2 s costs the session.
+        pub fn statement_timeout(mut self, timeout: ::std::time::Duration) -> Self {
+            self.settings.statement_timeout = timeout;
+            self
+        }
+
+        /// TCP keepalives of the session and listener (`tcp_keepalives_idle`,
+        /// `_interval` in whole seconds, `_count`), so the server drops a
+        /// vanished client, and its locks, within about
+        /// `idle + interval × count`. Default 5 s, 2 s, 3.
+        pub fn tcp_keepalives(
+            mut self,
+            idle: ::std::time::Duration,
+            interval: ::std::time::Duration,
+            count: u32,
+        ) -> Self {
+            self.settings.keepalives_idle = idle;
+            self.settings.keepalives_interval = interval;
+            self.settings.keepalives_count = count;
+            self
+        }
+
+        /// How long a fenced transaction may sit idle, and any one statement
+        /// in it run, before the server ends it (rolled back, the write does
+        /// not happen). A takeover's claim is busy at most this long behind
+        /// a frozen leader's fenced work that was not deposed. Default 10 s;
+        /// at least 1 ms.
+        pub fn fenced_idle_timeout(mut self, timeout: ::std::time::Duration) -> Self {
+            self.settings.fenced_idle_timeout = timeout;
+            self
+        }
+
+        /// How session settings are sent; see
+        /// [`SessionSettings`]($crate::SessionSettings).
+        pub fn session_settings(mut self, how: $crate::SessionSettings) -> Self {
+            self.settings.session_settings = how;
+            self
+        }
+    };
+}

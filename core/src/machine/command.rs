@@ -69,7 +69,7 @@ pub enum Command {
         /// Correlation id.
         id: CommandId,
     },
-    /// [`Lock::preempt`](crate::Lock::preempt) a zombie holder. Expects
+    /// [`Depose::depose`](crate::Depose::depose) a zombie holder. Expects
     /// [`CommandOutput::Preempt`].
     Preempt {
         /// Correlation id.
