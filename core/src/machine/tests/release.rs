@@ -390,3 +390,52 @@ fn a_held_off_node_ignores_its_own_echo_but_not_the_next_release() {
         "{cmds:?}"
     );
 }
+
+/// A resign that arrives while the role's claim is in flight must not be
+/// lost: the claim comes back, and the node must not start leading.
+#[test]
+fn resign_while_the_claim_is_in_flight_is_not_lost() {
+    let mut m = machine();
+    let a = r("a");
+    m.add_role(ms(0), a.clone());
+    drain(&mut m);
+    m.handle_result(ms(10), id(1), granted(db(10), &[&a]));
+    assert_eq!(
+        drain(&mut m),
+        vec![Command::Claim {
+            id: id(2),
+            role: a.clone()
+        }]
+    );
+    m.handle_resign(ms(15), &a);
+    m.handle_result(ms(20), id(2), claimed(1, None, db(20)));
+    let out = drain(&mut m);
+    assert!(
+        !events(&mut m)
+            .iter()
+            .any(|e| matches!(e, Event::StartedLeading { .. })),
+        "the node led after resigning"
+    );
+    assert!(!m.is_leader(&a, ms(20)));
+    assert!(
+        matches!(out.as_slice(), [Command::Release { .. }]),
+        "{out:?}"
+    );
+}
+
+/// The same while the try-lock is in flight.
+#[test]
+fn resign_while_the_try_lock_is_in_flight_is_not_lost() {
+    let mut m = machine();
+    let a = r("a");
+    m.add_role(ms(0), a.clone());
+    drain(&mut m);
+    m.handle_resign(ms(5), &a);
+    m.handle_result(ms(10), id(1), granted(db(10), &[&a]));
+    let out = drain(&mut m);
+    assert!(
+        !out.iter().any(|c| matches!(c, Command::Claim { .. })),
+        "{out:?}"
+    );
+    assert!(!m.is_leader(&a, ms(20)));
+}
