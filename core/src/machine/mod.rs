@@ -58,6 +58,8 @@ enum Pending {
 #[derive(Debug, Clone)]
 struct InFlight {
     pending: Pending,
+    /// [`Command::name`] of the command, for reports.
+    name: &'static str,
     sent_at: LocalInstant,
     expires_at: LocalInstant,
 }
@@ -243,7 +245,6 @@ impl Machine {
             .entry(role.clone())
             .or_insert_with(|| RoleEntry::new(role, now));
         entry.intent = Intent::Campaign;
-        entry.release_then_stop = false;
         if entry.state == RoleState::Stopped {
             entry.state = RoleState::Follower;
             entry.next_try = now;
@@ -266,7 +267,6 @@ impl Machine {
         self.advance(now);
         if let Some(e) = self.roles.get_mut(role) {
             e.intent = Intent::Stop;
-            e.release_then_stop = true;
         }
         self.give_up(role, StepDownReason::Shutdown);
         self.drive();

@@ -15,19 +15,8 @@ impl Machine {
     pub(super) fn on_result(&mut self, flight: InFlight, result: CommandResult) {
         let sent_at = flight.sent_at;
         if let Err(error) = &result {
-            let name = match &flight.pending {
-                Pending::TryLock(_) => "try_lock",
-                Pending::Claim(..) => "claim",
-                Pending::Renew(_) => "renew",
-                Pending::Validate(_) => "validate",
-                Pending::Ping => "ping",
-                Pending::Preempt(..) => "preempt",
-                Pending::Release(..) => "release",
-                Pending::Notify => "notify",
-                Pending::Reset => "reset_session",
-            };
             self.emit(Event::CommandFailed {
-                command: name,
+                command: flight.name,
                 error: error.to_string(),
                 retryable: error.is_retryable(),
             });

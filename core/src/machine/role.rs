@@ -109,8 +109,6 @@ pub(crate) struct RoleEntry {
     pub(crate) observed: Option<ObservedLeader>,
     pub(crate) next_try: LocalInstant,
     pub(crate) intent: Intent,
-    /// Set when `Releasing` should end in `Stopped` rather than `Follower`.
-    pub(crate) release_then_stop: bool,
     /// After a resign, no campaigning before this instant.
     pub(crate) hold_off_until: LocalInstant,
     /// Whether this node released the role at the start of its hold-off,
@@ -139,7 +137,6 @@ impl RoleEntry {
             observed: None,
             next_try: now,
             intent: Intent::Campaign,
-            release_then_stop: false,
             hold_off_until: now,
             echo: Echo::None,
             lock_epoch: 0,

@@ -330,6 +330,7 @@ impl Machine {
             command.id(),
             InFlight {
                 pending,
+                name: command.name(),
                 sent_at: now,
                 expires_at: now + self.config.attempt_timeout(),
             },

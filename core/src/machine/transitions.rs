@@ -142,7 +142,7 @@ impl Machine {
         e.deadline = None;
         e.lead_at = None;
         e.led = None;
-        if e.intent == Intent::Stop || e.release_then_stop {
+        if e.intent == Intent::Stop {
             e.intent = Intent::Stop;
             if e.state != RoleState::Stopped {
                 e.state = RoleState::Stopped;
