@@ -74,7 +74,12 @@ impl Machine {
                         .get(r)
                         .is_some_and(|x| x.lock == LockHold::Unknown)
                 }) {
-                    // We cannot learn which locks are held: drop them all.
+                    // A lock in doubt (a try-lock or release whose outcome
+                    // is unknown) and a validation that failed: this node
+                    // cannot learn whether it holds the lock, and a lock it
+                    // holds unknowingly would keep every other node out
+                    // forever. Closing the session drops every lock for
+                    // certain; the leases still held are re-taken after.
                     self.want_reset();
                 }
                 self.next_validate = self.now + self.config.validate_interval();
@@ -269,6 +274,12 @@ impl Machine {
         };
         let lead_at = now + wait;
         e.term = Some(out.term);
+        // The deadline counts from when the claim was *sent*, not from when
+        // its answer came back: the database started the lease at some
+        // instant after `sent_at`, so `sent_at + L·(1-ρ) - m` is before the
+        // lease ends in database time however long the round trip took
+        // (DESIGN §2 rule 2). Counting from the reply would let a slow reply
+        // push this node's belief past the real end of its lease.
         e.deadline = Some(sent_at + window);
         e.lead_at = Some(lead_at);
         // Stopped or resigned while the claim was in flight: never lead
@@ -290,6 +301,7 @@ impl Machine {
 
     fn on_renew(&mut self, leases: &[HeldLease], sent_at: LocalInstant, out: RenewOutcome) {
         self.next_renew = sent_at + self.config.renew_interval();
+        // From `sent_at`, for the same reason as a claim's deadline.
         let deadline = sent_at + self.config.leader_window();
         for lease in leases {
             let Some(e) = self.roles.get_mut(&lease.role) else {

@@ -145,6 +145,14 @@ impl RoleEntry {
     }
 
     /// Whether the lease should be renewed.
+    ///
+    /// Not only while leading: an `Elect` holder renews because its claimed
+    /// row is what keeps the *next* claimer waiting for the predecessor's
+    /// lease (DESIGN §2 rule 3) — a lapsed row would let a third node lead
+    /// while the predecessor may still act. A `Draining` holder renews
+    /// because its leader-only work is still running: the lease must cover
+    /// that work until it has finished (or the drain bound passes), or a
+    /// successor could lead beside it.
     pub(crate) fn renewable(&self) -> bool {
         self.lock == LockHold::Held
             && self.term.is_some()
