@@ -8,7 +8,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::driver::node::{Ctrl, NodeTask};
 use crate::driver::status::{DrainOverrun, Leadership, RoleShared, RoleStatus, Unhealthy};
-use crate::machine::{Event, ReleasePhase, RoleState};
+use crate::machine::Event;
 use crate::types::Role;
 
 impl NodeTask {
@@ -261,17 +261,11 @@ impl NodeTask {
     /// deadline) with leader-only work still running.
     pub(super) fn check_drains(&mut self) {
         let machine = &self.machine;
+        let now = self.now();
         let ended: Vec<(Role, Instant)> = self
             .draining
             .iter()
-            .filter(|(role, _)| {
-                !matches!(
-                    machine.state(role),
-                    Some(RoleState::Releasing {
-                        phase: ReleasePhase::Draining { .. }
-                    })
-                )
-            })
+            .filter(|(role, _)| !machine.is_draining(role, now))
             .map(|(role, since)| (role.clone(), *since))
             .collect();
         for (role, since) in ended {

@@ -99,7 +99,7 @@ impl NodeTask {
         }
     }
 
-    fn now(&self) -> LocalInstant {
+    pub(super) fn now(&self) -> LocalInstant {
         // Suspend-aware: a resumed node sees the time it slept (clock.rs).
         LocalInstant::from_duration(clock::now().saturating_duration_since(self.origin))
     }

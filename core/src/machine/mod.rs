@@ -51,6 +51,9 @@ enum Pending {
     /// The role and the zombie holder's node id.
     Preempt(Role, LeaseRecord),
     Release(Role, u64),
+    /// Ending this node's own lease of a term it lost (the lock is not
+    /// held); see `RoleEntry::own_expiry`.
+    ExpireOwn(Role),
     Notify,
     Reset,
 }
@@ -180,6 +183,20 @@ impl Machine {
         self.roles.get(role).map(|e| e.state)
     }
 
+    /// Whether leader-only work of `role` is still being waited for at
+    /// `now`: a resign or stop draining it, or a lost lease this node will
+    /// end itself once the work has drained (until the drain bound).
+    pub fn is_draining(&self, role: &Role, now: LocalInstant) -> bool {
+        self.roles.get(role).is_some_and(|e| {
+            matches!(
+                e.state,
+                RoleState::Releasing {
+                    phase: ReleasePhase::Draining { .. }
+                }
+            ) || e.own_expiry.is_some_and(|x| !x.ready(now))
+        })
+    }
+
     /// The term this node holds for `role` (leading or elect).
     #[inline]
     pub fn term(&self, role: &Role) -> Option<Term> {
@@ -287,6 +304,9 @@ impl Machine {
     /// [`Event::DrainRequested`]; the lease can be released.
     pub fn handle_drained(&mut self, now: LocalInstant, role: &Role) {
         self.advance(now);
+        if let Some(x) = self.roles.get_mut(role).and_then(|e| e.own_expiry.as_mut()) {
+            x.drained = true;
+        }
         if let Some(e) = self.roles.get_mut(role)
             && let RoleState::Releasing {
                 phase: ReleasePhase::Draining { .. },

@@ -96,6 +96,8 @@ impl Machine {
                 if self.current(&role, epoch) {
                     let now = self.now;
                     if let Some(en) = self.roles.get_mut(&role) {
+                        // This release ended whatever lease was ours.
+                        en.own_expiry = None;
                         en.lock = LockHold::NotHeld;
                         en.echo = if en.held_off(now) {
                             Echo::Expected
@@ -117,6 +119,28 @@ impl Machine {
                         );
                     }
                     self.finish(&role);
+                }
+            }
+            (
+                Pending::ExpireOwn(role),
+                Ok(out @ (CommandOutput::Released | CommandOutput::ReleasedAndNotified)),
+            ) => {
+                if let Some(e) = self.roles.get_mut(&role) {
+                    e.own_expiry = None;
+                }
+                // Standbys waiting for that lease can go now.
+                if out == CommandOutput::Released {
+                    let id = self.next_id();
+                    self.send(Command::Notify { id, role }, Pending::Notify);
+                }
+            }
+            (Pending::ExpireOwn(role), Err(e)) => {
+                if e.is_session_lost() {
+                    // Tried again once the session answers.
+                    self.session_lost(&e.to_string());
+                } else if let Some(en) = self.roles.get_mut(&role) {
+                    // The lease then runs out by itself, as before.
+                    en.own_expiry = None;
                 }
             }
             (Pending::Release(role, epoch), Err(e)) => {
@@ -274,6 +298,8 @@ impl Machine {
         };
         let lead_at = now + wait;
         e.term = Some(out.term);
+        // A new term of our own supersedes the lost one.
+        e.own_expiry = None;
         // The deadline counts from when the claim was *sent*, not from when
         // its answer came back: the database started the lease at some
         // instant after `sent_at`, so `sent_at + L·(1-ρ) - m` is before the

@@ -122,6 +122,30 @@ pub(crate) struct RoleEntry {
     /// the row is unchanged, so one futile preemption cannot starve the
     /// node's other roles (one preemption is in flight at a time).
     pub(crate) futile_preempt: Option<(String, Term, Option<i64>)>,
+    /// After this node lost the lock of a term it led (its session went):
+    /// that term's lease row, which it will end itself once its
+    /// leader-only work has drained (or the drain bound passed) and the
+    /// database answers again, so a standby leads in milliseconds instead
+    /// of waiting out a lease nobody uses.
+    pub(crate) own_expiry: Option<OwnExpiry>,
+}
+
+/// See [`RoleEntry::own_expiry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OwnExpiry {
+    /// The term this node led and lost.
+    pub(crate) term: Term,
+    /// The drain bound: past it, the expiry goes out even if work runs on.
+    pub(crate) not_before: LocalInstant,
+    /// Whether the driver reported the leader-only work drained.
+    pub(crate) drained: bool,
+}
+
+impl OwnExpiry {
+    /// Whether the work has drained (or the bound passed) at `now`.
+    pub(crate) fn ready(&self, now: LocalInstant) -> bool {
+        self.drained || now >= self.not_before
+    }
 }
 
 impl RoleEntry {
@@ -141,6 +165,7 @@ impl RoleEntry {
             echo: Echo::None,
             lock_epoch: 0,
             futile_preempt: None,
+            own_expiry: None,
         }
     }
 

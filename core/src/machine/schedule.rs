@@ -139,6 +139,15 @@ impl Machine {
             {
                 at(d);
             }
+            // The drain bound of a lost lease to end; once it has passed,
+            // whatever still blocks the expiry (a validation, a lock
+            // command) wakes the machine by its own result.
+            if let Some(x) = e.own_expiry
+                && !x.drained
+                && x.not_before > self.now
+            {
+                at(x.not_before);
+            }
         }
         if resetting {
             return wake;
@@ -165,6 +174,7 @@ impl Machine {
                     Pending::TryLock(_)
                         | Pending::Claim(..)
                         | Pending::Release(..)
+                        | Pending::ExpireOwn(..)
                         | Pending::Reset
                 )
             });
@@ -246,6 +256,35 @@ impl Machine {
         for role in stuck {
             self.issue_release(&role);
         }
+        // End the leases this node lost with its session, once their work
+        // has drained and the lock is known not held (the session answers
+        // again). Before the try-lock batch, so it runs first on the
+        // session; never beside another command about the same lock.
+        if !batch.try_lock {
+            let own: Vec<(Role, crate::types::Term)> = self
+                .roles
+                .values()
+                .filter_map(|e| {
+                    let x = e.own_expiry?;
+                    (x.ready(now)
+                        && e.state == RoleState::Follower
+                        && e.lock == LockHold::NotHeld
+                        && !self.lock_command_in_flight(&e.role))
+                    .then(|| (e.role.clone(), x.term))
+                })
+                .collect();
+            for (role, term) in own {
+                let id = self.next_id();
+                self.send(
+                    Command::Release {
+                        id,
+                        role: role.clone(),
+                        term: Some(term),
+                    },
+                    Pending::ExpireOwn(role),
+                );
+            }
+        }
         // Try every follower that is due, in one batch. Never while an
         // earlier command about the same lock may still run: a late release
         // would unlock the new hold.
@@ -308,9 +347,9 @@ impl Machine {
 
     /// Whether a claim or release of `role` is in flight, current or not.
     pub(super) fn lock_command_in_flight(&self, role: &Role) -> bool {
-        self.kind_in_flight(
-            |p| matches!(p, Pending::Claim(r, _) | Pending::Release(r, _) if r == role),
-        )
+        self.kind_in_flight(|p| {
+            matches!(p, Pending::Claim(r, _) | Pending::Release(r, _) | Pending::ExpireOwn(r) if r == role)
+        })
     }
 
     /// A fresh command id.

@@ -1,7 +1,7 @@
 //! Per-role transitions: leading, stepping down, releasing, settling,
 //! and losing the session.
 
-use crate::machine::role::{Intent, LockHold, ReleasePhase, RoleState};
+use crate::machine::role::{Intent, LockHold, OwnExpiry, ReleasePhase, RoleState};
 use crate::machine::{Command, Event, Machine, Pending, StepDownReason};
 use crate::types::Role;
 
@@ -173,8 +173,24 @@ impl Machine {
     /// The lock of `role` is in doubt: step down, stop renewing, and let the
     /// next validation (due now) settle it.
     pub(super) fn mark_unknown(&mut self, role: &Role, reason: StepDownReason) {
+        let led = self.roles.get(role).and_then(|e| e.led);
         self.step_down(role, reason);
         let now = self.now;
+        if let Some(term) = led {
+            // This node led `term` and no longer does: once its work has
+            // drained it ends that lease itself (holder and term must
+            // match, so a lease someone else took meanwhile is untouched),
+            // rather than make a standby wait out a lease nobody uses.
+            let not_before = now + self.config.drain_timeout();
+            if let Some(e) = self.roles.get_mut(role) {
+                e.own_expiry = Some(OwnExpiry {
+                    term,
+                    not_before,
+                    drained: false,
+                });
+            }
+            self.emit(Event::DrainRequested { role: role.clone() });
+        }
         let Some(e) = self.roles.get_mut(role) else {
             return;
         };

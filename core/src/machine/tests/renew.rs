@@ -462,17 +462,68 @@ fn renew_session_lost_steps_down_and_validates() {
                 role: a.clone(),
                 term: Term(1),
                 reason: StepDownReason::LockLost
-            }
+            },
+            Event::DrainRequested { role: a.clone() }
         ]
     );
     assert!(!m.is_leader(&a, ms(2015)));
     assert_eq!(drain(&mut m), vec![validate_cmd(5, &[&a])]);
-    // Gone indeed: follower again, nothing to release or announce.
+    // Gone indeed: follower again, nothing to unlock.
     m.handle_result(ms(2020), id(5), validated(&[]));
     assert_eq!(drain(&mut m), vec![]);
     assert_eq!(events(&mut m), vec![]);
     assert_eq!(m.state(&a), Some(RoleState::Follower));
     assert_eq!(m.poll_timeout(), Some(ms(3020)));
+    // Once the work has drained, the node ends its own lease of term 1
+    // (holder and term must match in the database) and announces it, so
+    // a standby need not wait the lease out.
+    m.handle_drained(ms(2030), &a);
+    assert_eq!(drain(&mut m), vec![release_cmd(6, &a, Some(1))]);
+    m.handle_result(ms(2040), id(6), Ok(CommandOutput::Released));
+    assert_eq!(drain(&mut m), vec![notify_cmd(7, &a)]);
+    assert_eq!(m.state(&a), Some(RoleState::Follower));
+    assert!(!m.is_leader(&a, ms(2040)));
+}
+
+/// A node whose leader-only work never drains still ends its lost lease
+/// once the drain bound has passed.
+#[test]
+fn a_lost_lease_is_ended_at_the_drain_bound_without_a_drain() {
+    let mut m = machine();
+    let a = r("a");
+    lead(&mut m, &a);
+    m.handle_session_lost(ms(100), "connection closed");
+    events(&mut m);
+    // Answer every command as a database where the lock is free and the
+    // lease row still names this node, until the drain bound (5 s after
+    // the loss) has passed.
+    let mut expiry = None;
+    let mut now = ms(100);
+    for _ in 0..200 {
+        for c in drain(&mut m) {
+            let out = match &c {
+                Command::TryLock { .. } => denied(db(1_000), &a, None),
+                Command::Validate { .. } => validated(&[]),
+                Command::Ping { .. } => Ok(CommandOutput::Ping),
+                Command::Release { term, .. } => {
+                    expiry.get_or_insert((now, *term));
+                    Ok(CommandOutput::Released)
+                }
+                Command::Notify { .. } => Ok(CommandOutput::Notified),
+                other => panic!("unexpected {other:?}"),
+            };
+            m.handle_result(now, c.id(), out);
+        }
+        if expiry.is_some() {
+            break;
+        }
+        let Some(next) = m.poll_timeout() else { break };
+        now = next.max(now);
+        m.handle_timeout(now);
+    }
+    let (at, term) = expiry.expect("the lost lease was never ended");
+    assert_eq!(term, Some(Term(1)));
+    assert!(at >= ms(5100), "ended before the drain bound: {at:?}");
 }
 
 #[test]

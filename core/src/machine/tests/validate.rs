@@ -73,7 +73,8 @@ fn session_lost_steps_down_validates_and_unlocks_if_still_held() {
                 role: a.clone(),
                 term: Term(1),
                 reason: StepDownReason::LockLost
-            }
+            },
+            Event::DrainRequested { role: a.clone() }
         ]
     );
     assert!(!m.is_leader(&a, ms(100)));
