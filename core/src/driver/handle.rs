@@ -18,6 +18,10 @@ pub(crate) struct Campaign {
     pub(crate) shared: RoleShared,
     pub(crate) ctrl: mpsc::UnboundedSender<Ctrl>,
     pub(crate) done: watch::Receiver<bool>,
+    /// Set for a handle from [`ElectorBuilder::spawn`](crate::ElectorBuilder::spawn),
+    /// whose elector nobody else holds: its `shutdown` shuts the node down
+    /// (closing the session) instead of only this role.
+    pub(crate) owns_node: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Campaign {
@@ -162,9 +166,27 @@ impl LeaderHandle {
 
     /// Stops campaigning for this role, stepping down and releasing as
     /// [`LeaderHandle::resign`] does. Idempotent.
+    ///
+    /// For a handle from the [`ElectorBuilder::spawn`](crate::ElectorBuilder::spawn)
+    /// shortcut (no [`Elector`](crate::Elector) left to shut down), this
+    /// shuts the whole node down as [`Elector::shutdown`](crate::Elector::shutdown)
+    /// does, so its database session is closed too; it takes at most
+    /// [`Elector::shutdown_bound`](crate::Elector::shutdown_bound).
     pub async fn shutdown(&self) {
         let c = &self.campaign;
-        if c.shared.is_stopped() || *c.done.borrow() {
+        if *c.done.borrow() {
+            return;
+        }
+        if c.owns_node.load(std::sync::atomic::Ordering::Relaxed) {
+            let (tx, rx) = oneshot::channel();
+            if c.ctrl.send(Ctrl::Shutdown(tx)).is_ok() {
+                let _ = rx.await;
+            }
+            let mut done = c.done.clone();
+            let _ = done.wait_for(|d| *d).await;
+            return;
+        }
+        if c.shared.is_stopped() {
             return;
         }
         let (tx, rx) = oneshot::channel();

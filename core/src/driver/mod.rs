@@ -204,9 +204,16 @@ impl ElectorBuilder {
     ///
     /// # Errors
     /// As [`ElectorBuilder::build`].
+    /// The handle's [`LeaderHandle::shutdown`] then shuts the whole node
+    /// down, closing its session (no `Elector` is left to do it).
     pub async fn spawn(self, role: Role) -> Result<LeaderHandle, ElectorError> {
         let elector = self.build().await?;
-        elector.spawn(role).await
+        let handle = elector.spawn(role).await?;
+        handle
+            .campaign
+            .owns_node
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(handle)
     }
 }
 
@@ -341,6 +348,7 @@ impl Elector {
             shared: shared.clone(),
             ctrl: self.inner.ctrl.clone(),
             done: self.inner.done.clone(),
+            owns_node: std::sync::atomic::AtomicBool::new(false),
         });
         let (tx, rx) = oneshot::channel();
         self.inner

@@ -404,3 +404,21 @@ async fn dropping_the_elector_and_every_handle_stops_the_node() {
     assert!(seq.contains(&"unlock scheduler".to_owned()), "{seq:?}");
     assert_eq!(seq.last().map(String::as_str), Some("reset"));
 }
+
+/// The `spawn` shortcut leaves no `Elector` to shut down: the handle's
+/// `shutdown` shuts the node down, releasing and closing the session.
+#[tokio::test(start_paused = true)]
+async fn shutdown_of_a_shortcut_handle_closes_the_session() {
+    let l = Log::default();
+    let h = Elector::builder_shared(harness(holding_db(&l, true)))
+        .node_id(crate::NodeId::new("node-a").unwrap())
+        .spawn(role())
+        .await
+        .unwrap();
+    h.wait_until_leader().await.unwrap();
+    within(h.shutdown()).await;
+    let seq = entries(&l);
+    assert!(seq.contains(&"unlock scheduler".to_owned()), "{seq:?}");
+    assert_eq!(seq.last().map(String::as_str), Some("reset"), "{seq:?}");
+    assert_eq!(h.status(), RoleStatus::Stopped);
+}
