@@ -9,6 +9,13 @@
 //! validate interval (sqlx, which finds the loss at the next validation);
 //! < 50 ms (tokio-postgres, which sees the connection close).
 //!
+//! A second table gives the leaderless gap of each kill: from the kill
+//! until some node leads again (`is_leader()` polled every 1 ms). Before a
+//! node ended its own lost lease itself, that gap was about one lease
+//! (10 s); now the old leader ends it as soon as it has reconnected and its
+//! work has drained, so the standby (or the old leader) leads in
+//! milliseconds.
+//!
 //! `cargo bench --bench lockloss` (sqlx only), or
 //! `cargo bench --bench lockloss --features tokio-postgres` (both);
 //! `LOCKLOSS_KILLS=N` changes 50.
@@ -78,7 +85,11 @@ async fn tokio_pg_node(url: &str, app: &str) -> Node {
     Node::TokioPg(b)
 }
 
-async fn measure(url: &str, nodes: [Node; 2], kills: usize) -> (Vec<Duration>, usize) {
+async fn measure(
+    url: &str,
+    nodes: [Node; 2],
+    kills: usize,
+) -> (Vec<Duration>, Vec<Duration>, usize) {
     let ns = Namespace::new(support::pg::unique("bench_lockloss")).unwrap();
     let role = Role::new("scheduler").unwrap();
     let mut electors = Vec::new();
@@ -90,6 +101,7 @@ async fn measure(url: &str, nodes: [Node; 2], kills: usize) -> (Vec<Duration>, u
     }
     let admin = sqlx::PgPool::connect(url).await.unwrap();
     let mut times = Vec::new();
+    let mut gaps = Vec::new();
     let mut missed = 0;
     for k in 0..kills {
         let started = Instant::now();
@@ -129,12 +141,21 @@ async fn measure(url: &str, nodes: [Node; 2], kills: usize) -> (Vec<Duration>, u
         .expect("the leader never noticed its lock was gone")
         .unwrap();
         times.push(t0.elapsed());
+        // The leaderless gap: until some node leads again.
+        loop {
+            if handles.iter().any(LeaderHandle::is_leader) {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "no new leader");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        gaps.push(t0.elapsed());
     }
     for e in &electors {
         e.shutdown().await;
     }
     admin.close().await;
-    (times, missed)
+    (times, gaps, missed)
 }
 
 fn main() {
@@ -150,11 +171,15 @@ fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(50);
         let mut rows = Vec::new();
+        let mut gap_rows = Vec::new();
         let sqlx_nodes = [
             sqlx_node(&url, "bench-lockloss-sqlx-0").await,
             sqlx_node(&url, "bench-lockloss-sqlx-1").await,
         ];
-        let (t, missed) = measure(&url, sqlx_nodes, kills).await;
+        let (t, g, missed) = measure(&url, sqlx_nodes, kills).await;
+        let mut gap = vec!["sqlx".to_owned()];
+        gap.extend(common::stat_cells(&common::stats(&g)));
+        gap_rows.push(gap);
         let mut row = vec!["sqlx".to_owned()];
         row.extend(common::stat_cells(&common::stats(&t)));
         row.extend([
@@ -168,7 +193,10 @@ fn main() {
                 tokio_pg_node(&url, "bench-lockloss-tp-0").await,
                 tokio_pg_node(&url, "bench-lockloss-tp-1").await,
             ];
-            let (t, missed) = measure(&url, tp_nodes, kills).await;
+            let (t, g, missed) = measure(&url, tp_nodes, kills).await;
+            let mut gap = vec!["tokio-postgres".to_owned()];
+            gap.extend(common::stat_cells(&common::stats(&g)));
+            gap_rows.push(gap);
             let mut row = vec!["tokio-postgres".to_owned()];
             row.extend(common::stat_cells(&common::stats(&t)));
             row.extend([missed.to_string(), "< 50 ms".to_owned()]);
@@ -183,5 +211,7 @@ fn main() {
             ],
             &rows,
         );
+        println!("\n## Leaderless gap after the kill (until some node leads again)\n");
+        common::table(&["backend", "kills", "p50", "p90", "p99", "max"], &gap_rows);
     });
 }
