@@ -101,17 +101,8 @@ impl Drop for Sampler {
 /// A 2 s lease config for in-process electors: renew 400 ms, validate
 /// 250 ms, retry 300 ms; zombie preemption with a 1 s grace if `preempt`.
 pub fn short_lease(policy: TakeoverPolicy, preempt: bool) -> Config {
-    Config::builder()
-        .lease_duration(Duration::from_secs(2))
-        .renew_interval(Duration::from_millis(400))
-        .attempt_timeout(Duration::from_millis(900))
-        .validate_interval(Duration::from_millis(250))
-        .keepalive_interval(Duration::from_secs(1))
-        .retry_interval(Duration::from_millis(300))
-        .retry_jitter(Duration::from_millis(50))
-        .safety_margin(Duration::from_millis(100))
-        .drain_timeout(Duration::from_secs(1))
-        .takeover_policy(policy)
+    // The conformance kit's fast timing, plus preemption.
+    regent_conformance::support::fast_builder(policy)
         .preempt_zombies(preempt)
         .zombie_grace(Duration::from_secs(1))
         .build()

@@ -35,21 +35,10 @@ pub async fn database_url() -> String {
     );
 }
 
-/// A fresh, unique name for a test's namespace or schema.
-pub fn unique(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{prefix}_{}_{}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed),
-        nanos % 100_000
-    )
-}
+/// A fresh, unique name for a test's namespace or schema (the conformance
+/// kit's, so the two never collide).
+#[allow(unused_imports)] // not every test target uses it
+pub use regent_conformance::support::unique;
 
 /// Starts (once per test binary) a PostgreSQL container; `None` if Docker
 /// is not available.
