@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-/// The longest name accepted, in bytes (PostgreSQL's identifier limit).
+/// The longest name accepted, in bytes: regent's own limit, short enough
+/// for readable status output and every engine's keys (an engine that needs
+/// a shorter form, such as PostgreSQL's 63-byte channel names, hashes it).
 pub const MAX_NAME_BYTES: usize = 63;
 
 /// Why a [`Namespace`], [`Role`] or [`NodeId`] was rejected.
@@ -211,7 +213,7 @@ impl NodeId {
 /// one role, so a downstream system rejects anything older than the newest
 /// term it has seen. [`Fence`] carries it together with the role and holder.
 ///
-/// Terms are stored in a signed 64-bit column (PostgreSQL `bigint`), so they
+/// Engines store terms as signed 64-bit integers (SQL `bigint`), so they
 /// convert to and from `i64` without casts:
 ///
 /// ```
@@ -394,8 +396,8 @@ impl fmt::Display for LocalInstant {
     }
 }
 
-/// A reading of the database server's clock (`now()` in SQL), as
-/// microseconds since the Unix epoch — PostgreSQL's own resolution.
+/// A reading of the engine's own clock (the database server's `now()`), as
+/// microseconds since the Unix epoch.
 ///
 /// Lease expiry that several nodes compare is always in this clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -458,8 +460,10 @@ pub struct LeaseRecord {
     pub holder: String,
     /// The holder's term.
     pub term: Term,
-    /// The backend session of the holder (a PostgreSQL backend pid), if the
-    /// backend tracks one; used for zombie preemption.
+    /// An opaque id of the holder's session, if the engine has sessions
+    /// (PostgreSQL: the backend pid); engines that can depose a zombie
+    /// holder ([`Depose`](crate::Depose)) use it to make sure they depose
+    /// that session and no other.
     pub session: Option<i64>,
     /// When the holder claimed the lease.
     pub acquired_at: DbTimestamp,

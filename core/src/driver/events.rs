@@ -202,9 +202,9 @@ impl NodeTask {
             }
             Event::PreemptNotPermitted { role } => warn!(
                 role = %role,
-                "zombie preemption is on but the database refused to terminate the holder's \
-                 session; grant the privilege (PostgreSQL: GRANT pg_signal_backend TO <user>) or \
-                 turn preemption off. Waiting for the lock instead"
+                "zombie preemption is on but the backend cannot depose the holder (no privilege, \
+                 or the engine has no such capability; the backend's log says which grant is \
+                 missing) -- grant it or turn preemption off. Waiting for the lock instead"
             ),
             Event::SessionLost { reason } => {
                 warn!(reason = %reason, "database session lost; every lock on it is gone");
