@@ -17,7 +17,7 @@
 //! And the latency half of the same promise (`BackendError::Busy`: "one
 //! role's contention never delays the node's calls for its other roles"):
 //! no call waits on a node's session for longer than an attempt timeout
-//! behind a statement that waits for a row lock ([`held_up`]). With the
+//! behind a statement that waits for a row lock (`held_up`). With the
 //! server's 5 s statement timeout a single waiting claim delays the
 //! renewal past its attempt timeout without yet costing the role; this
 //! catches it at the first such wait.
