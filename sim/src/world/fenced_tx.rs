@@ -26,6 +26,10 @@ use crate::time::SimTime;
 #[derive(Debug, Clone)]
 pub(super) struct FencedTx {
     node: usize,
+    /// The node's incarnation that opened it.
+    inc: u32,
+    /// When it began on the server.
+    begin: SimTime,
     role: usize,
     token: Term,
     /// When it is planned to end.
@@ -95,6 +99,8 @@ impl World {
             tx,
             FencedTx {
                 node: n,
+                inc: self.nodes[n].inc,
+                begin: self.now,
                 role: r,
                 token,
                 end,
@@ -109,8 +115,26 @@ impl World {
         self.fenced_txs.get(&tx).map_or(self.now, |t| t.end)
     }
 
-    /// Transaction `tx` commits or rolls back (if it is still open).
+    /// Transaction `tx` commits or rolls back (if it is still open). A
+    /// client that cannot send its commit (crashed, paused, cut off) leaves
+    /// the transaction idle until the server's idle timeout rolls it back
+    /// — counted here from the transaction's start, where PostgreSQL counts
+    /// from its last statement (a slight underestimate of the hold).
     pub(super) fn fenced_end(&mut self, tx: TxId, commit: bool) {
+        if commit && let Some(t) = self.fenced_txs.get_mut(&tx) {
+            let node = &self.nodes[t.node];
+            let stuck = node.inc != t.inc || node.paused() || node.cut_to_db();
+            let idle_end = t.begin + FENCED_IDLE_TIMEOUT;
+            if stuck && self.now < idle_end {
+                t.end = idle_end;
+                t.commit = false;
+                self.schedule(idle_end, Ev::FencedEnd { tx, commit: false });
+                return;
+            }
+            if stuck {
+                t.commit = false;
+            }
+        }
         let Some(t) = self.fenced_txs.remove(&tx) else {
             return;
         };
