@@ -549,3 +549,6 @@ impl World {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
