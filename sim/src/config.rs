@@ -38,11 +38,33 @@ pub enum FaultKind {
     PgRestart,
     /// An operator runs `pg_terminate_backend` on a random session.
     Terminate,
+    /// A statement stalls on the server now and then (a checkpoint, lock
+    /// contention elsewhere, a slow disk), up to several seconds; past the
+    /// server's `statement_timeout` it is cancelled.
+    SlowDb,
+    /// The database server's clock steps: backward by up to
+    /// [`crate::faults::DB_STEP_BACK_MAX`], or forward by at most half the
+    /// safety margin and at most once per two leases (what the README's
+    /// guarantee allows).
+    DbClock,
+    /// PostgreSQL fails over to a standby that has every commit: every
+    /// session, lock and open transaction is gone, rows stay, and the new
+    /// host's clock may differ (as [`FaultKind::DbClock`] steps it).
+    Failover,
+    /// Forward steps of the database clock larger than the safety margin
+    /// (up to [`crate::faults::DB_STEP_BIG_MAX`]). Outside the documented
+    /// guarantee: never part of `all`, selected by name to show the gap.
+    DbClockBig,
+    /// A failover to an asynchronous standby that lost the last commits
+    /// (up to a few seconds of them). Outside the documented guarantee
+    /// (terms can repeat): never part of `all`, selected by name.
+    FailoverLossy,
 }
 
 impl FaultKind {
-    /// Every kind, in a fixed order.
-    pub const ALL: [FaultKind; 10] = [
+    /// Every kind, in a fixed order (including those outside the
+    /// guarantees, see [`FaultKind::is_gap`]).
+    pub const ALL: [FaultKind; 15] = [
         FaultKind::Crash,
         FaultKind::Pause,
         FaultKind::Partition,
@@ -53,7 +75,19 @@ impl FaultKind {
         FaultKind::NotifyLoss,
         FaultKind::PgRestart,
         FaultKind::Terminate,
+        FaultKind::SlowDb,
+        FaultKind::DbClock,
+        FaultKind::Failover,
+        FaultKind::DbClockBig,
+        FaultKind::FailoverLossy,
     ];
+
+    /// Whether the kind breaks an assumption the README states (so some
+    /// invariants are expected to fail under it): such kinds are left out
+    /// of [`FaultSelection::All`] and run only when named.
+    pub fn is_gap(self) -> bool {
+        matches!(self, FaultKind::DbClockBig | FaultKind::FailoverLossy)
+    }
 
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
@@ -68,6 +102,11 @@ impl FaultKind {
             FaultKind::NotifyLoss => "notify-loss",
             FaultKind::PgRestart => "pg-restart",
             FaultKind::Terminate => "terminate",
+            FaultKind::SlowDb => "slow-db",
+            FaultKind::DbClock => "db-clock",
+            FaultKind::Failover => "failover",
+            FaultKind::DbClockBig => "db-clock-big",
+            FaultKind::FailoverLossy => "failover-lossy",
         }
     }
 }
@@ -107,7 +146,8 @@ impl FromStr for FaultKind {
 /// Which fault kinds may be injected.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum FaultSelection {
-    /// Every kind (each still switched on or off per seed).
+    /// Every kind within the documented guarantees (each still switched
+    /// on or off per seed): all but the [`FaultKind::is_gap`] ones.
     #[default]
     All,
     /// No faults at all.
@@ -120,7 +160,7 @@ impl FaultSelection {
     /// Whether `kind` may be injected.
     pub fn allows(&self, kind: FaultKind) -> bool {
         match self {
-            FaultSelection::All => true,
+            FaultSelection::All => !kind.is_gap(),
             FaultSelection::None => false,
             FaultSelection::Only(set) => set.contains(&kind),
         }

@@ -80,6 +80,27 @@ pub enum Fault {
         /// The step, positive forward.
         micros: i64,
     },
+    /// Step the database server's clock by `micros` (positive forward).
+    /// With `bounded`, a forward step is applied only if no forward step
+    /// happened in the last two leases (else it is skipped).
+    DbClockStep {
+        /// The step, positive forward.
+        micros: i64,
+        /// Whether the once-per-two-leases rule applies.
+        bounded: bool,
+    },
+    /// PostgreSQL fails over: down for `down_for` (every session, lock and
+    /// open transaction gone), its clock stepped by `clock_micros` (with
+    /// the rule of a bounded [`Fault::DbClockStep`]), and the row changes
+    /// of the last `lost` taken back.
+    Failover {
+        /// Downtime.
+        down_for: Duration,
+        /// The new host's clock minus the old one's.
+        clock_micros: i64,
+        /// How much of the latest commits the standby never received.
+        lost: Duration,
+    },
 }
 
 impl Fault {
@@ -93,6 +114,9 @@ impl Fault {
             Fault::PgRestart { .. } => "pg-restart",
             Fault::Terminate { .. } => "terminate",
             Fault::ClockJump { .. } => "clock-jump",
+            Fault::DbClockStep { .. } => "db-clock-step",
+            Fault::Failover { lost, .. } if !lost.is_zero() => "failover-lossy",
+            Fault::Failover { .. } => "failover",
         }
     }
 }
@@ -163,7 +187,38 @@ pub struct FaultKnobs {
     pub timer_lag: Duration,
     /// Mean time between voluntary resignations (workload), per cluster.
     pub resign_every: Duration,
+    /// Probability that a server statement stalls (slow-db).
+    pub stall: f64,
+    /// Longest stall; past the statement timeout the statement fails.
+    pub stall_max: Duration,
+    /// Mean time between database clock steps (db-clock, db-clock-big).
+    pub db_step_every: Duration,
+    /// Mean time between failovers (failover, failover-lossy).
+    pub failover_every: Duration,
+    /// Longest replication lag a lossy failover loses.
+    pub lag_max: Duration,
+    /// Workload: the chance, per application tick and role a node leads,
+    /// that it opens a long fenced transaction.
+    pub fenced_work: f64,
+    /// Workload: the longest a fenced transaction stays open (beyond the
+    /// server's idle timeout it is rolled back).
+    pub fenced_max: Duration,
 }
+
+/// The longest backward step of the database clock that `db-clock` and
+/// `failover` draw.
+pub const DB_STEP_BACK_MAX: Duration = Duration::from_secs(3);
+
+/// The longest forward step `db-clock-big` draws.
+pub const DB_STEP_BIG_MAX: Duration = Duration::from_secs(5);
+
+/// PostgreSQL's `statement_timeout` on the election session.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The server's idle-in-transaction timeout for fenced transactions
+/// (`fenced_idle_timeout`, default 10 s): how long fenced work can hold
+/// its row lock at most.
+pub const FENCED_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The longest network delay spike any seed can draw.
 pub(crate) const SPIKE_MAX: Duration = Duration::from_secs(4);
@@ -239,6 +294,21 @@ impl FaultKnobs {
             } else {
                 Duration::ZERO
             },
+            stall: if on(FaultKind::SlowDb) {
+                rng.between_f64(0.0005, 0.01)
+            } else {
+                0.0
+            },
+            stall_max: rng.between(secs(1), secs(8)),
+            db_step_every: rng.between(secs(15), secs(60)),
+            failover_every: rng.between(secs(30), secs(120)),
+            lag_max: rng.between(Duration::from_millis(100), secs(3)),
+            fenced_work: if rng.chance(0.75) {
+                rng.between_f64(0.005, 0.06)
+            } else {
+                0.0
+            },
+            fenced_max: rng.between(secs(1), secs(14)),
             enabled,
         }
     }
@@ -261,6 +331,8 @@ impl FaultKnobs {
             FaultKind::PgRestart => Some(self.pg_restart_every),
             FaultKind::Terminate => Some(self.terminate_every),
             FaultKind::Clock => Some(self.clock_jump_every),
+            FaultKind::DbClock | FaultKind::DbClockBig => Some(self.db_step_every),
+            FaultKind::Failover | FaultKind::FailoverLossy => Some(self.failover_every),
             _ => None,
         }
     }
@@ -325,9 +397,21 @@ impl FaultKnobs {
             self.preempt_zombies,
             self.terminate_permitted
         ));
+        if self.on(FaultKind::SlowDb) {
+            v.push(format!(
+                "statement stalls {:.4} up to {}",
+                self.stall,
+                d(self.stall_max)
+            ));
+        }
+        if self.on(FaultKind::FailoverLossy) {
+            v.push(format!("lossy failovers lose up to {}", d(self.lag_max)));
+        }
         v.push(format!(
-            "workload: a resignation every ~{}",
-            d(self.resign_every)
+            "workload: a resignation every ~{}, long fenced work {:.3} per tick up to {}",
+            d(self.resign_every),
+            self.fenced_work,
+            d(self.fenced_max)
         ));
         v
     }
@@ -383,6 +467,43 @@ pub(crate) fn draw_fault(
                 micros: if rng.chance(0.5) { step } else { -step },
             }
         }
+        FaultKind::DbClock => Fault::DbClockStep {
+            micros: small_db_step(rng),
+            bounded: true,
+        },
+        FaultKind::DbClockBig => Fault::DbClockStep {
+            micros: i64::try_from(
+                rng.between(Duration::from_millis(500), DB_STEP_BIG_MAX)
+                    .as_micros(),
+            )
+            .unwrap_or(0),
+            bounded: false,
+        },
+        FaultKind::Failover | FaultKind::FailoverLossy => Fault::Failover {
+            down_for: rng.between(Duration::from_millis(200), secs(5)),
+            clock_micros: if rng.chance(0.5) {
+                small_db_step(rng)
+            } else {
+                0
+            },
+            lost: if kind == FaultKind::FailoverLossy {
+                rng.between(Duration::from_millis(10), knobs.lag_max)
+            } else {
+                Duration::ZERO
+            },
+        },
         _ => return None,
     })
+}
+
+/// A step of the database clock within the README's guarantee: backward
+/// by up to [`DB_STEP_BACK_MAX`], or forward by up to 100 ms (half the
+/// default safety margin).
+fn small_db_step(rng: &mut SimRng) -> i64 {
+    if rng.chance(0.5) {
+        i64::try_from(rng.below(100_001)).unwrap_or(0)
+    } else {
+        let back = u64::try_from(DB_STEP_BACK_MAX.as_micros()).unwrap_or(0);
+        -i64::try_from(rng.below(back + 1)).unwrap_or(0)
+    }
 }

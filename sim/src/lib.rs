@@ -34,13 +34,20 @@
 //!   into a request on the node's one session, over a network with delay,
 //!   spikes, loss and reordering; results come back with `handle_result`
 //!   when they arrive. `ResetSession` closes the session.
-//! - **The database** ([`db::SimDb`]) has the server clock (true time),
-//!   sessions with backend pids, re-entrant advisory locks bound to them,
-//!   the lease table, `pg_terminate_backend` with a privilege knob,
-//!   `LISTEN`/`NOTIFY`, restarts, and a resource guarded by fencing tokens.
-//!   Requests on one session run in order (TCP); a server that loses a
-//!   client finds out by FIN or by keepalive, unless a pooler keeps the
-//!   backend (a zombie).
+//! - **The database** ([`db::SimDb`]) has the server clock (true time plus
+//!   the offset of any steps), sessions with backend pids, re-entrant
+//!   advisory locks bound to them, the lease table, row locks with
+//!   PostgreSQL's conflict table for the four modes ([`db::RowLockMode`]),
+//!   `pg_terminate_backend` with a privilege knob, `LISTEN`/`NOTIFY`,
+//!   restarts and failovers (optionally losing the last commits), and a
+//!   resource guarded by fencing tokens. Requests on one session run one at
+//!   a time in arrival order and take time (with rare stalls), so a slow
+//!   statement delays the node's other calls; renewals wait behind
+//!   conflicting row locks, claims fail `Busy` at once (`NOWAIT`), and the
+//!   server's statement timeout cancels what waits too long. Leaders hold
+//!   fenced transactions open for seconds (`FOR KEY SHARE`). A server that
+//!   loses a client finds out by FIN or by keepalive, unless a pooler keeps
+//!   the backend (a zombie).
 //! - **The application** writes to the fenced resource while it believes it
 //!   leads, and now and then resigns, stops and re-adds a role, or shuts a
 //!   node down gracefully and restarts it.
@@ -53,7 +60,8 @@
 //!
 //! See [`invariants`]: one leader at a time (`WaitForLease`), every belief
 //! covered by a database lease, fencing, increasing terms, no re-entrant
-//! lock, the machine's command contract, notification after unlock,
+//! lock, the machine's command contract, notification after unlock, the
+//! blast radius (no role lost to another role's row locks),
 //! liveness after healing, and availability: per role the fraction of time
 //! led and the longest leaderless stretch while a healthy node campaigned
 //! are measured ([`SimReport::availability`]) and that stretch is bounded

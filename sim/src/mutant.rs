@@ -32,16 +32,39 @@ pub enum Mutant {
     SkipsLeaseWait,
     /// `is_leader` ignores the local deadline.
     IgnoresDeadline,
+    /// A model variant, not a wrapper: fenced transactions read the lease
+    /// row `FOR SHARE` (the first design) instead of `FOR KEY SHARE`, so a
+    /// leader's long fenced work blocks its own renewal (`FOR NO KEY
+    /// UPDATE`) and release on its session. Injected in
+    /// `world/fenced_tx.rs`.
+    FencesWithForShare,
+    /// A model variant: a claim locks the row `FOR UPDATE` without
+    /// `NOWAIT`, so it waits (up to the statement timeout) behind another
+    /// node's fenced work, and the node's session — and every other call of
+    /// that node, its renewals included — waits with it. Injected in
+    /// `world/session.rs` and `world/server.rs`.
+    ClaimWaitsOnRowLock,
+    /// A model variant: the machine's clock follows the database clock's
+    /// forward steps while one of its roles waits out a lease in `Elect`,
+    /// as a `WaitForLease` wait measured by polling `now()` until the
+    /// predecessor's `lease_until` would. (A real monotonic clock never
+    /// steps; the machine converts the wait to it once.) Injected in
+    /// `world/dbfaults.rs` through [`crate::time::NodeClock::skip_ahead`];
+    /// caught with forward steps beyond the margin (`db-clock-big`).
+    WaitsInDbTime,
 }
 
 impl Mutant {
     /// Every mutant.
-    pub const ALL: [Mutant; 5] = [
+    pub const ALL: [Mutant; 8] = [
         Mutant::StaysLeaderOnDbError,
         Mutant::NotifiesBeforeUnlock,
         Mutant::TrustsWallClock,
         Mutant::SkipsLeaseWait,
         Mutant::IgnoresDeadline,
+        Mutant::FencesWithForShare,
+        Mutant::ClaimWaitsOnRowLock,
+        Mutant::WaitsInDbTime,
     ];
 
     /// The name used on the command line.
@@ -52,6 +75,9 @@ impl Mutant {
             Mutant::TrustsWallClock => "trusts-wall-clock",
             Mutant::SkipsLeaseWait => "skips-lease-wait",
             Mutant::IgnoresDeadline => "ignores-deadline",
+            Mutant::FencesWithForShare => "fences-with-for-share",
+            Mutant::ClaimWaitsOnRowLock => "claim-waits-on-row-lock",
+            Mutant::WaitsInDbTime => "waits-in-db-time",
         }
     }
 }

@@ -90,6 +90,9 @@ pub struct NodeClock {
     origin: u64,
     /// Wall clock minus (database epoch + local elapsed), in microseconds.
     wall_offset_micros: i64,
+    /// Nanoseconds the monotonic clock was pushed ahead (only by the
+    /// `waits-in-db-time` mutant, see [`NodeClock::skip_ahead`]).
+    skew: u64,
 }
 
 impl NodeClock {
@@ -100,6 +103,7 @@ impl NodeClock {
             drift_ppb,
             origin,
             wall_offset_micros,
+            skew: 0,
         }
     }
 
@@ -131,13 +135,27 @@ impl NodeClock {
 
     /// The node's monotonic clock at true time `t`.
     pub fn local(&self, t: SimTime) -> LocalInstant {
-        LocalInstant::from_nanos(self.origin.saturating_add(self.elapsed(t)))
+        LocalInstant::from_nanos(
+            self.origin
+                .saturating_add(self.skew)
+                .saturating_add(self.elapsed(t)),
+        )
+    }
+
+    /// Pushes the monotonic clock ahead by `nanos` (it stays monotonic).
+    /// Real monotonic clocks never do this; the `waits-in-db-time` mutant
+    /// uses it to follow the database clock's forward steps.
+    pub fn skip_ahead(&mut self, nanos: u64) {
+        self.skew = self.skew.saturating_add(nanos);
     }
 
     /// The earliest true time at which the monotonic clock reads at least
     /// `local`.
     pub fn true_at(&self, local: LocalInstant) -> SimTime {
-        let Some(elapsed) = local.as_nanos().checked_sub(self.origin) else {
+        let Some(elapsed) = local
+            .as_nanos()
+            .checked_sub(self.origin.saturating_add(self.skew))
+        else {
             return SimTime::ZERO;
         };
         let rate = BILLION + i128::from(self.drift_ppb);

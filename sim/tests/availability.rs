@@ -32,9 +32,12 @@ fn a_calm_cluster_is_led_all_the_time() {
     assert_eq!(report.availability.len(), 2);
     for a in &report.availability {
         assert_eq!(a.observed, secs(600));
-        // Resignations and stopped roles still cost a few handovers.
+        // Resignations and stopped roles still cost a few handovers; a
+        // drain that hangs (the application's work ignores cancellation,
+        // one drain in ten) holds a resigning role for the drain timeout
+        // (5 s) before its release.
         assert!(a.fraction_led() > 0.99, "{report}");
-        assert!(a.longest_accountable.length < secs(3), "{report}");
+        assert!(a.longest_accountable.length < secs(6), "{report}");
     }
     let text = report.to_string();
     assert!(text.contains("availability (led = some is_leader() true"));
@@ -42,14 +45,17 @@ fn a_calm_cluster_is_led_all_the_time() {
 }
 
 /// The evidence: `regent sim --seed 42 --nodes 5 --roles 3
-/// --minutes 10 --faults all` runs without zombie preemption, and zombies
-/// of crashed nodes keep every lock from ~100 s for ~300 s while healthy
-/// nodes wait. That is measured and shown; the invariant excuses it (the
-/// lock is blocked), and the run passes.
+/// --minutes 10 --faults all` ran without zombie preemption, and zombies
+/// of crashed nodes kept every lock from ~100 s for ~300 s while healthy
+/// nodes waited. Since the database model draws statement times and fenced
+/// work, seed 42 draws other knobs (preemption on); seed 267 now shows the
+/// same: preemption off, every role leaderless from ~130 s for ~420 s.
+/// That is measured and shown; the invariant excuses it (the lock is
+/// blocked), and the run passes.
 #[test]
 fn zombie_held_locks_are_measured_but_excused() {
     let report = run(&SimConfig {
-        seed: 42,
+        seed: 267,
         nodes: 5,
         roles: 3,
         duration: secs(600),
@@ -69,7 +75,7 @@ fn zombie_held_locks_are_measured_but_excused() {
         let s = a.longest_leaderless;
         assert!(s.length > secs(250), "{report}");
         assert!(
-            s.from.as_duration() >= secs(90) && s.from.as_duration() <= secs(110),
+            s.from.as_duration() >= secs(120) && s.from.as_duration() <= secs(140),
             "{report}"
         );
         assert!(a.longest_accountable.length <= bound, "{report}");
@@ -120,11 +126,13 @@ fn a_crashed_leader_costs_about_one_lease() {
 /// held by a session its lease row did not name, the machine re-sent that
 /// useless preemption every round, and r1's real zombie was never deposed
 /// (the availability bound caught it at about 198 s). The machine now skips
-/// a preemption that found no zombie behind an unchanged row.
+/// a preemption that found no zombie behind an unchanged row. (The
+/// database model's draws changed seed 1415's history and turned its
+/// preemption off; seed 1416 keeps a ten-minute run with preemption on.)
 #[test]
 fn a_futile_preemption_no_longer_starves_another_role() {
     let report = run(&SimConfig {
-        seed: 1415,
+        seed: 1416,
         nodes: 3,
         roles: 2,
         duration: secs(600),

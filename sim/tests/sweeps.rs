@@ -39,6 +39,17 @@ fn wait_for_lease_2000_seeds_all_faults() {
         // Availability excused a zombie-held lock (preemption off, denied
         // or unable to reach it).
         "availability_lock_blocked",
+        // The database model: time, row locks, clock, failover.
+        "statement_stalled",
+        "statement_timeout",
+        "fenced_tx_committed",
+        "fenced_tx_cancelled",
+        "fenced_tx_idle_timeout",
+        "fenced_tx_aborted_by_restart",
+        "claim_busy_fenced_work",
+        "db_clock_stepped_forward",
+        "db_clock_stepped_backward",
+        "fault_failover",
     ] {
         assert!(
             report.coverage.get(key).copied().unwrap_or(0) > 0,
@@ -46,6 +57,10 @@ fn wait_for_lease_2000_seeds_all_faults() {
         );
     }
     assert_eq!(report.coverage.get("belief_overlap"), None);
+    // A fence held FOR KEY SHARE never saw its row change, and no
+    // statement of the real machine ever waited on a row lock.
+    assert_eq!(report.coverage.get("fenced_tx_fence_broken"), None);
+    assert_eq!(report.coverage.get("statement_waited_on_row_lock"), None);
 }
 
 /// Under `Immediate` two nodes may believe they lead for a while (counted),
@@ -65,14 +80,20 @@ fn immediate_2000_seeds_fencing_holds() {
         overlaps > 0,
         "Immediate never overlapped: the sweep is too gentle"
     );
-    assert!(
-        report
-            .coverage
-            .get("deposed_fenced_write_rejected")
-            .copied()
-            .unwrap_or(0)
-            > 0
-    );
+    for key in [
+        "deposed_fenced_write_rejected",
+        "fenced_tx_committed",
+        "claim_busy_fenced_work",
+        "db_clock_stepped_forward",
+        "fault_failover",
+        "statement_timeout",
+    ] {
+        assert!(
+            report.coverage.get(key).copied().unwrap_or(0) > 0,
+            "never reached: {key}\n{report}"
+        );
+    }
+    assert_eq!(report.coverage.get("fenced_tx_fence_broken"), None);
 }
 
 /// Many roles per node: more claims and releases in flight at once. Seed

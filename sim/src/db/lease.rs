@@ -28,6 +28,7 @@ impl SimDb {
         let now = self.now;
         let previous = self.rows.get(namespace, role).cloned();
         let term = Term(previous.as_ref().map_or(0, |r| r.term.0) + 1);
+        self.record(namespace, role);
         self.rows.insert(
             namespace,
             role,
@@ -66,10 +67,15 @@ impl SimDb {
         let now = self.now;
         let mut renewed = Vec::new();
         for h in held {
-            if let Some(row) = self.rows.get_mut(namespace, &h.role)
-                && row.holder == holder.as_str()
-                && row.term == h.term
-            {
+            let matches = self
+                .rows
+                .get(namespace, &h.role)
+                .is_some_and(|row| row.holder == holder.as_str() && row.term == h.term);
+            if !matches {
+                continue;
+            }
+            self.record(namespace, &h.role);
+            if let Some(row) = self.rows.get_mut(namespace, &h.role) {
                 row.renewed_at = now;
                 row.lease_until = now + lease;
                 renewed.push(h.role.clone());
@@ -96,8 +102,15 @@ impl SimDb {
     ) -> Result<bool, BackendError> {
         self.session(pid)?;
         let now = self.now;
+        let matches = self
+            .rows
+            .get(namespace, role)
+            .is_some_and(|row| row.holder == holder.as_str() && row.term == term);
+        if matches {
+            self.record(namespace, role);
+        }
         match self.rows.get_mut(namespace, role) {
-            Some(row) if row.holder == holder.as_str() && row.term == term => {
+            Some(row) if matches => {
                 if row.lease_until > now {
                     row.lease_until = now;
                 }

@@ -10,7 +10,9 @@
 //! fails.
 
 mod fenced;
+mod history;
 mod lease;
+mod rowlock;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -21,6 +23,7 @@ use regent_core::{
 };
 
 pub use fenced::{FencedOutcome, FencedResource};
+pub use rowlock::{RowLockMode, TxId};
 
 /// A backend process id, as `pg_backend_pid()` returns it.
 pub type Pid = i64;
@@ -114,7 +117,12 @@ pub enum SessionEnd {
 /// The simulated server. See the [module docs](self).
 #[derive(Debug, Clone)]
 pub struct SimDb {
+    /// `now()`: `base` plus the clock offset.
     now: DbTimestamp,
+    /// True database time (what [`SimDb::set_now`] was given).
+    base: DbTimestamp,
+    /// How far the server clock has been stepped from true time.
+    offset_micros: i64,
     up: bool,
     next_pid: Pid,
     privilege: TerminatePrivilege,
@@ -123,6 +131,11 @@ pub struct SimDb {
     locks: Keyed<(Pid, u32)>,
     rows: Keyed<LeaseRecord>,
     fenced: Keyed<FencedResource>,
+    /// Row locks of open transactions, per lease row.
+    row_locks: Keyed<Vec<(TxId, RowLockMode)>>,
+    /// Undo records of recent row changes, kept only when a failover may
+    /// lose the last commits (see [`SimDb::keep_history`]).
+    history: Option<history::History>,
     /// Sessions that ended since the last [`SimDb::take_ended`].
     ended: Vec<(Pid, SessionEnd)>,
 }
@@ -138,6 +151,10 @@ impl SimDb {
     pub fn new(now: DbTimestamp, privilege: TerminatePrivilege) -> Self {
         Self {
             now,
+            base: now,
+            offset_micros: 0,
+            row_locks: Keyed::default(),
+            history: None,
             up: true,
             next_pid: 1000,
             privilege,
@@ -149,11 +166,25 @@ impl SimDb {
         }
     }
 
-    /// Sets the server clock (`now()`); it never goes backwards.
+    /// Moves true database time to `now` (never backwards); the server
+    /// clock (`now()`) reads it plus the offset of any clock steps.
     pub fn set_now(&mut self, now: DbTimestamp) {
-        if now > self.now {
-            self.now = now;
+        if now > self.base {
+            self.base = now;
+            self.now = DbTimestamp::from_micros(self.base.as_micros() + self.offset_micros);
         }
+    }
+
+    /// Steps the server clock by `micros` (positive: forward), as an NTP
+    /// step or an operator would; `now()` may go backwards.
+    pub fn step_clock(&mut self, micros: i64) {
+        self.offset_micros = self.offset_micros.saturating_add(micros);
+        self.now = DbTimestamp::from_micros(self.base.as_micros() + self.offset_micros);
+    }
+
+    /// How far the server clock is from true time, in microseconds.
+    pub fn clock_offset_micros(&self) -> i64 {
+        self.offset_micros
     }
 
     /// The server clock.
@@ -180,6 +211,8 @@ impl SimDb {
     /// lease rows stay.
     pub fn stop(&mut self) {
         self.up = false;
+        // Open transactions are aborted: their row locks vanish.
+        self.row_locks = Keyed::default();
         let pids: Vec<Pid> = self.sessions.keys().copied().collect();
         for pid in pids {
             self.end_session(pid, SessionEnd::ServerRestart);

@@ -4,7 +4,7 @@ use regent_core::{DbTimestamp, HeldLease, Namespace, NodeId, PreemptOutcome, Rol
 
 use super::*;
 
-fn setup() -> (SimDb, Namespace, Role, NodeId) {
+pub(super) fn setup() -> (SimDb, Namespace, Role, NodeId) {
     (
         SimDb::new(
             DbTimestamp::from_micros(1_000_000),

@@ -3,6 +3,13 @@
 //! lease_until` as set by the last claim or renewal of that term (or cut
 //! short by its own expire). This is rule 2 of the safety argument checked
 //! directly, one step before two leaders overlap.
+//!
+//! Database time here is *true* database time: each lease is measured as
+//! the database granted it, `L` of real time from its statement, whatever
+//! steps the server clock took since (`db-clock`, `failover`). A forward
+//! step beyond the margin really does end leases early for everyone who
+//! reads the stepped clock; where that does harm — a new holder leading
+//! while the old one still believes — [`super::one_leader`] reports it.
 
 use std::collections::BTreeMap;
 

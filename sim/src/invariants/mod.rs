@@ -10,11 +10,13 @@
 //! | [`command_contract`] | always | the machine keeps its driver contract: one command per kind / per role's lock in flight |
 //! | [`notify_order`] | always | a release is announced only after its lock is free |
 //! | [`liveness`] | eventually | after every fault heals, every role is led within a bound |
+//! | [`blast_radius`] | always | a node loses a role (deadline, lock) only if a fault hit it: another role's fenced work or claim never costs it |
 //! | [`availability`] | measured, bounded | per role: fraction of time led; no leader for longer than a bound while a healthy node campaigns and no unremovable session holds the lock |
 //!
 //! "Sometimes" coverage is counted in [`crate::SimReport::coverage`].
 
 pub mod availability;
+pub mod blast_radius;
 pub mod command_contract;
 pub mod fencing;
 pub mod lease_covers;
@@ -73,6 +75,11 @@ impl Checker {
             violations: Vec::new(),
             covered_until: None,
         }
+    }
+
+    /// Records a violation found by the world (if any).
+    pub(crate) fn push_violation(&mut self, v: Option<Violation>) {
+        self.push(v);
     }
 
     fn push(&mut self, v: Option<Violation>) {

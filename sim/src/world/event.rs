@@ -31,6 +31,24 @@ pub(super) enum Ev {
         role: usize,
         token: Term,
     },
+    /// Session `conn` may run its next statement (if `generation` is
+    /// still its latest).
+    DbExec {
+        conn: usize,
+        generation: u64,
+    },
+    /// A long fenced transaction's first statement reaches the server.
+    FencedBegin {
+        node: usize,
+        role: usize,
+        token: Term,
+        hold: Duration,
+    },
+    /// A fenced transaction ends (commit, or rollback).
+    FencedEnd {
+        tx: crate::db::TxId,
+        commit: bool,
+    },
     ToNode {
         node: usize,
         inc: u32,

@@ -57,6 +57,7 @@ impl World {
                 }
                 self.fault_hits(Some(n), None);
                 let until = self.now + duration;
+                self.disturb(n, until);
                 self.nodes[n].paused_until = Some(until);
                 self.nodes[n].wake = None;
                 self.log(n, "fault:pause", None, duration.as_millis() as u64, 0);
@@ -76,6 +77,7 @@ impl World {
                 let n = node % nodes;
                 self.fault_hits(Some(n), None);
                 let until = self.now + duration;
+                self.disturb(n, until);
                 let now = self.now;
                 if self.nodes[n].cut.is_none() {
                     self.timeline.open(n, Tag::Partitioned, 0, now);
@@ -101,6 +103,9 @@ impl World {
                     return;
                 }
                 self.db.stop();
+                self.abort_fenced();
+                let now = self.now;
+                self.disturb_all(now + down_for);
                 self.db_epoch += 1;
                 for node in &mut self.nodes {
                     node.listener_up = false;
@@ -125,12 +130,22 @@ impl World {
                 }
                 let pid = pids[pick % pids.len()];
                 self.fault_hits(None, Some(pid));
+                if let Some(&c) = self.by_pid.get(&pid) {
+                    let (n, now) = (self.conns[c].node, self.now);
+                    self.disturb(n, now);
+                }
                 self.db.end_session(pid, SessionEnd::OperatorTerminated);
                 let now = self.now;
                 let node = self.by_pid.get(&pid).map(|&c| self.conns[c].node);
                 self.timeline.mark(now, node, "terminate");
                 self.log(super::NONE_NODE, "fault:terminate", None, pid as u64, 0);
             }
+            Fault::DbClockStep { micros, bounded } => self.db_clock_step(micros, bounded),
+            Fault::Failover {
+                down_for,
+                clock_micros,
+                lost,
+            } => self.failover(down_for, clock_micros, lost),
             Fault::ClockJump { node, micros } => {
                 let n = node % nodes;
                 self.nodes[n].clock.jump_wall(micros);
@@ -162,6 +177,8 @@ impl World {
         if let Some(c) = self.nodes[n].conn.take() {
             self.conns[c].client_gone = true;
             if zombie && self.conns[c].pid.is_some() {
+                // The pooler keeps its fenced transactions open too, until
+                // the server's idle timeout.
                 self.conns[c].zombie = true;
                 self.count("fault_zombie_session");
             } else if self.rng.chance(0.5) && !self.nodes[n].cut_to_db() {
@@ -169,10 +186,13 @@ impl World {
                 let d = self.delay();
                 let at = (self.now + d).max(self.conns[c].req_fifo);
                 self.schedule(at, Ev::ServerDrop { conn: c });
+                self.crash_fenced(n, d);
             } else {
                 // The host vanished: keepalives find out.
                 let at = (self.now + self.knobs.keepalive).max(self.conns[c].req_fifo);
                 self.schedule(at, Ev::ServerDrop { conn: c });
+                let keepalive = self.knobs.keepalive;
+                self.crash_fenced(n, keepalive);
             }
         }
         self.log(

@@ -6,14 +6,17 @@
 //! random choice comes from one seeded RNG, so a seed replays exactly.
 
 mod counts;
+mod dbfaults;
 mod event;
+mod fenced_tx;
 mod inject;
 mod node;
 mod observe;
 mod server;
+mod session;
 mod workload;
 
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::time::Duration;
 
 use regent_core::{Command, Config, LocalInstant, Namespace, NodeId, Role, Term};
@@ -64,6 +67,18 @@ struct Conn {
     zombie: bool,
     req_fifo: SimTime,
     reply_fifo: SimTime,
+    /// Statements that arrived and have not run yet, in order, with when
+    /// they arrived.
+    queue: VecDeque<(Command, SimTime)>,
+    /// The statement running on the session ends then.
+    busy_until: SimTime,
+    /// A [`Ev::DbExec`] of the current generation is scheduled.
+    exec_scheduled: bool,
+    /// The generation of the latest [`Ev::DbExec`]; older ones are stale.
+    exec_gen: u64,
+    /// The front statement: when it started, how long it takes, and
+    /// whether it waited on a row lock.
+    front: Option<(SimTime, Duration, bool)>,
 }
 
 /// One simulated node.
@@ -99,6 +114,9 @@ struct Node {
     /// The earliest `until` in `belief`: the local instant at which a
     /// belief may run out without new input (`None` without beliefs).
     belief_ends: Option<LocalInstant>,
+    /// Until when a fault that hit this node may still cost it a role
+    /// (see [`crate::invariants::blast_radius`]).
+    disturbed_until: SimTime,
 }
 
 impl Node {
@@ -161,15 +179,56 @@ pub(crate) struct World {
     ready_buf: Vec<usize>,
     /// Per role: the key of its advisory lock.
     lock_keys: Vec<crate::db::LockKey>,
+    /// Open fenced transactions, by id.
+    fenced_txs: BTreeMap<crate::db::TxId, fenced_tx::FencedTx>,
+    /// The last transaction id handed out.
+    next_tx: crate::db::TxId,
+    /// When the database clock last stepped forward under the bounded
+    /// rule (see [`crate::faults::Fault::DbClockStep`]).
+    last_forward_step: Option<SimTime>,
 }
 
-/// How long after the heal every role must have been led.
+/// How long after the heal every role must have been led: two leases,
+/// a retry, the longest keepalive, plus what the database may still hold
+/// up after the heal — fenced work up to its idle timeout and a lease
+/// lengthened by a backward clock step.
 fn liveness_bound(c: &Config, keepalive_max: Duration) -> Duration {
     c.lease_duration() * 2
         + c.retry_interval()
         + c.retry_jitter()
         + keepalive_max
         + Duration::from_secs(5)
+        + crate::faults::FENCED_IDLE_TIMEOUT
+        + crate::faults::DB_STEP_BACK_MAX
+}
+
+/// The availability bound of a seed: the machine's ([`bound`]), plus what
+/// the seed's database can add — fenced work that keeps claims busy up to
+/// its idle timeout, a backward clock step that lengthens a lease, a
+/// statement stalled up to the statement timeout.
+///
+/// [`bound`]: crate::invariants::availability::bound
+fn availability_bound(c: &Config, knobs: &FaultKnobs) -> Duration {
+    use crate::config::FaultKind;
+    use crate::faults::{DB_STEP_BACK_MAX, FENCED_IDLE_TIMEOUT, STATEMENT_TIMEOUT};
+    let mut b = crate::invariants::availability::bound(c, KEEPALIVE_MAX, crate::faults::SPIKE_MAX);
+    if knobs.fenced_work > 0.0 {
+        b += FENCED_IDLE_TIMEOUT;
+    }
+    if [
+        FaultKind::DbClock,
+        FaultKind::Failover,
+        FaultKind::FailoverLossy,
+    ]
+    .into_iter()
+    .any(|k| knobs.on(k))
+    {
+        b += DB_STEP_BACK_MAX;
+    }
+    if knobs.on(FaultKind::SlowDb) {
+        b += STATEMENT_TIMEOUT;
+    }
+    b
 }
 
 /// The node index logged for world and database entries.
@@ -194,11 +253,7 @@ impl World {
             .preempt_zombies(knobs.preempt_zombies)
             .build()?;
         let bound = liveness_bound(&machine_cfg, KEEPALIVE_MAX);
-        let availability_bound = crate::invariants::availability::bound(
-            &machine_cfg,
-            KEEPALIVE_MAX,
-            crate::faults::SPIKE_MAX,
-        );
+        let availability_bound = availability_bound(&machine_cfg, &knobs);
         let end = SimTime::from_duration(cfg.duration);
         let heal_at =
             SimTime::from_duration(cfg.duration.saturating_sub(bound + Duration::from_secs(1)));
@@ -244,10 +299,10 @@ impl World {
                 dirty: true,
                 belief: vec![None; cfg.roles],
                 belief_ends: None,
+                disturbed_until: SimTime::ZERO,
             });
         }
         Ok(Self {
-            knobs,
             machine_cfg,
             now: SimTime::ZERO,
             end,
@@ -257,7 +312,13 @@ impl World {
             slab: Vec::new(),
             free: Vec::new(),
             seq: 0,
-            db: SimDb::new(db_time(SimTime::ZERO), privilege),
+            db: {
+                let mut db = SimDb::new(db_time(SimTime::ZERO), privilege);
+                if knobs.on(crate::config::FaultKind::FailoverLossy) {
+                    db.keep_history(knobs.lag_max + Duration::from_secs(1));
+                }
+                db
+            },
             db_epoch: 0,
             ns: Namespace::default(),
             leaders: vec![Vec::new(); cfg.roles],
@@ -284,11 +345,15 @@ impl World {
                 .iter()
                 .map(|r| (Namespace::default(), r.clone()))
                 .collect(),
+            fenced_txs: BTreeMap::new(),
+            next_tx: 0,
+            last_forward_step: None,
             roles,
             nodes,
             conns: Vec::new(),
             by_pid: BTreeMap::new(),
             rng,
+            knobs,
             cfg: cfg.clone(),
         })
     }
@@ -408,6 +473,14 @@ impl World {
         match ev {
             Ev::ToDb { conn, req } => self.at_db(conn, req),
             Ev::FencedWrite { node, role, token } => self.fenced_at_db(node, role, token),
+            Ev::DbExec { conn, generation } => self.db_exec(conn, generation),
+            Ev::FencedBegin {
+                node,
+                role,
+                token,
+                hold,
+            } => self.fenced_begin(node, role, token, hold),
+            Ev::FencedEnd { tx, commit } => self.fenced_end(tx, commit),
             Ev::ToNode { node, inc, .. }
             | Ev::Notification { node, inc, .. }
             | Ev::SessionClosed { node, inc, .. }
@@ -476,3 +549,6 @@ impl World {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

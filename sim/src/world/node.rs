@@ -232,6 +232,11 @@ impl World {
             zombie: false,
             req_fifo: self.now,
             reply_fifo: self.now,
+            queue: std::collections::VecDeque::new(),
+            busy_until: self.now,
+            exec_scheduled: false,
+            exec_gen: 0,
+            front: None,
         });
         self.nodes[n].conn = Some(c);
         c
@@ -393,6 +398,7 @@ impl World {
                 s.term(&self.roles[r])
             };
             let Some(token) = token else { continue };
+            self.maybe_open_fenced(n, r, token);
             if self.nodes[n].cut_to_db() || self.lost() {
                 continue;
             }

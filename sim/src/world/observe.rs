@@ -44,6 +44,23 @@ impl World {
             Event::StoppedLeading { role, term, reason } => {
                 let r = self.role_ix(&role);
                 self.log(n, "stopped_leading", r, term.0, 0);
+                if let Some(r) = r {
+                    self.cancel_fenced(n, r);
+                    if matches!(
+                        reason,
+                        StepDownReason::DeadlineExpired | StepDownReason::LockLost
+                    ) {
+                        let until = self.nodes[n].disturbed_until;
+                        let v = crate::invariants::blast_radius::check(
+                            now,
+                            n,
+                            r,
+                            reason.as_str(),
+                            until,
+                        );
+                        self.checker.push_violation(v);
+                    }
+                }
                 self.count(match reason {
                     StepDownReason::Resigned => "stepped_down_resigned",
                     StepDownReason::Shutdown => "stepped_down_shutdown",
@@ -55,10 +72,14 @@ impl World {
             Event::DrainRequested { role } => {
                 let Some(r) = self.role_ix(&role) else { return };
                 let inc = self.nodes[n].inc;
+                // Fenced work is cancelled; the drain ends once its
+                // rollback reached the server.
+                let rollback = self.cancel_fenced(n, r).unwrap_or(Duration::ZERO);
                 // Usually the work drains quickly; sometimes it hangs and
                 // the drain timeout has to end it.
                 if self.rng.chance(0.9) {
                     let d = self.rng.between(Duration::ZERO, Duration::from_millis(300));
+                    let d = d.max(rollback + Duration::from_millis(1));
                     self.after(
                         d,
                         Ev::Drained {
@@ -157,7 +178,7 @@ impl World {
         if changed {
             self.sync_leaders(now);
         }
-        let db_now = self.db.now();
+        let db_now = crate::time::db_time(now);
         let mut status = std::mem::take(&mut self.status_buf);
         self.role_statuses(&mut status);
         self.checker.on_step(
@@ -178,6 +199,9 @@ impl World {
     /// [`crate::invariants::availability`]).
     pub(super) fn fault_hits(&mut self, n: Option<usize>, pid: Option<crate::db::Pid>) {
         let now = self.now;
+        if let Some(n) = n {
+            self.disturb(n, now);
+        }
         for r in 0..self.roles.len() {
             let Some((holder, _)) = self.db.lock_holder(&self.lock_keys[r]) else {
                 continue;

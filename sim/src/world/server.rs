@@ -1,10 +1,10 @@
 //! The database side: requests arrive, run against [`SimDb`](crate::SimDb)
 //! on the connection's session, and replies travel back.
 
-use regent_core::{Command, CommandId, CommandOutput, CommandResult, Role, Term};
+use regent_core::{BackendError, Command, CommandId, CommandOutput, CommandResult, Role, Term};
 
 use super::{Ev, Request, World};
-use crate::db::{FencedOutcome, SessionEnd};
+use crate::db::{FencedOutcome, RowLockMode, SessionEnd};
 
 impl World {
     pub(super) fn at_db(&mut self, c: usize, req: Request) {
@@ -15,6 +15,8 @@ impl World {
                     self.db.end_session(pid, SessionEnd::ClientClosed);
                 }
                 self.conns[c].client_gone = true;
+                // Statements still queued behind a running one die with it.
+                self.conns[c].queue.clear();
                 return;
             }
             Request::Cmd(cmd) => cmd,
@@ -31,18 +33,33 @@ impl World {
                 })
             }
         };
+        match pid {
+            Ok(_) => {
+                self.conns[c].queue.push_back((cmd, self.now));
+                if !self.conns[c].exec_scheduled {
+                    self.run_session(c);
+                }
+            }
+            Err(e) => {
+                let id = cmd.id();
+                self.log(n, "exec", None, id.0, 0);
+                self.send_reply(c, id, Err(e), std::time::Duration::ZERO);
+            }
+        }
+    }
+
+    /// Runs statement `cmd` of node `n` on session `pid` now, and notes
+    /// what the invariants need.
+    pub(super) fn run_statement(&mut self, n: usize, pid: i64, cmd: Command) -> CommandResult {
         let id = cmd.id();
-        let result = match pid {
-            Ok(pid) => self.execute(n, pid, cmd),
-            Err(e) => Err(e),
-        };
+        let result = self.execute(n, pid, cmd);
         self.log(n, "exec", None, id.0, u64::from(result.is_ok()));
         if let Err(e) = &result
             && e.is_session_lost()
         {
             self.count("statement_on_dead_session");
         }
-        self.send_reply(c, id, result);
+        result
     }
 
     fn execute(&mut self, n: usize, pid: i64, cmd: Command) -> CommandResult {
@@ -66,6 +83,20 @@ impl World {
                 Ok(CommandOutput::TryLock(out))
             }
             Command::Claim { role, .. } => {
+                if self.cfg.mutant != Some(crate::mutant::Mutant::ClaimWaitsOnRowLock)
+                    && self.db.is_alive(pid)
+                    && self
+                        .db
+                        .row_blocker(None, &self.ns, &role, RowLockMode::Update)
+                        .is_some()
+                {
+                    // `SELECT … FOR UPDATE NOWAIT` meets fenced work's
+                    // lock: nothing changes, the claim fails at once.
+                    self.count("claim_busy_fenced_work");
+                    return Err(BackendError::Busy(
+                        "could not obtain lock on row in relation \"regent_leases\"".to_owned(),
+                    ));
+                }
                 let out = self
                     .db
                     .claim(pid, &self.ns, &role, &self.nodes[n].id, lease)?;
@@ -75,7 +106,7 @@ impl World {
                 self.checker.on_claim(now, n, r, out.term);
                 self.checker
                     .lease_covers
-                    .granted(r, out.term, out.db_now + lease);
+                    .granted(r, out.term, self.true_db(out.db_now) + lease);
                 if out
                     .previous
                     .as_ref()
@@ -92,9 +123,11 @@ impl World {
                 for l in &leases {
                     if let (Some(r), true) = (self.role_ix(&l.role), out.renewed.contains(&l.role))
                     {
-                        self.checker
-                            .lease_covers
-                            .granted(r, l.term, out.db_now + lease);
+                        self.checker.lease_covers.granted(
+                            r,
+                            l.term,
+                            self.true_db(out.db_now) + lease,
+                        );
                     }
                 }
                 if out.renewed.len() < leases.len() {
@@ -130,7 +163,7 @@ impl World {
                         .db
                         .expire(pid, &self.ns, &role, &self.nodes[n].id, term)?
                 {
-                    let db_now = self.db.now();
+                    let db_now = self.true_db(self.db.now());
                     if let Some(r) = self.role_ix(&role) {
                         self.checker.lease_covers.expired(r, term, db_now);
                         self.released[r] = Some((self.now, n));
@@ -138,7 +171,14 @@ impl World {
                 }
                 self.db.unlock(pid, &self.ns, &role)?;
                 self.log(n, "db:released", self.role_ix(&role), pid as u64, 0);
-                Ok(CommandOutput::Released)
+                // One statement: the notification goes out at its commit,
+                // once the lock is free.
+                if self.db.holds(pid, &self.ns, &role) {
+                    Ok(CommandOutput::Released)
+                } else {
+                    self.publish(n, pid, &role);
+                    Ok(CommandOutput::ReleasedAndNotified)
+                }
             }
             Command::Notify { role, .. } => {
                 self.db.ping(pid)?;
@@ -147,6 +187,15 @@ impl World {
             }
             Command::ResetSession { .. } => Ok(CommandOutput::Reset),
         }
+    }
+
+    /// A reading of the (possibly stepped) server clock, in true database
+    /// time: `lease_covers` measures each lease as the database granted
+    /// it, `L` of real time from the statement, so that a clock step shows
+    /// where it does harm — as an overlap of two leaders (`one_leader`) —
+    /// instead of at every believer whose lease the step shortened.
+    pub(super) fn true_db(&self, t: regent_core::DbTimestamp) -> regent_core::DbTimestamp {
+        regent_core::DbTimestamp::from_micros(t.as_micros() - self.db.clock_offset_micros())
     }
 
     /// `NOTIFY`: checks the publisher no longer holds the lock, then sends
@@ -179,7 +228,14 @@ impl World {
         }
     }
 
-    pub(super) fn send_reply(&mut self, c: usize, id: CommandId, result: CommandResult) {
+    /// Sends the reply of a statement that ends `after` from now.
+    pub(super) fn send_reply(
+        &mut self,
+        c: usize,
+        id: CommandId,
+        result: CommandResult,
+        after: std::time::Duration,
+    ) {
         let (n, inc) = (self.conns[c].node, self.conns[c].inc);
         if self.nodes[n].inc != inc {
             return;
@@ -199,7 +255,7 @@ impl World {
             return;
         }
         let d = self.delay_on(n);
-        let mut at = self.now + d;
+        let mut at = self.now + after + d;
         if !self.knobs.reorder {
             at = at.max(self.conns[c].reply_fifo);
             self.conns[c].reply_fifo = at;
