@@ -48,14 +48,16 @@ fn a_calm_cluster_is_led_all_the_time() {
 /// --minutes 10 --faults all` ran without zombie preemption, and zombies
 /// of crashed nodes kept every lock from ~100 s for ~300 s while healthy
 /// nodes waited. Since the database model draws statement times and fenced
-/// work, seed 42 draws other knobs (preemption on); seed 267 now shows the
-/// same: preemption off, every role leaderless from ~130 s for ~420 s.
+/// work, seed 42 draws other knobs (preemption on); seed 893 now shows the
+/// same: preemption off, every role leaderless from ~221 s for over 250 s.
+/// (The seed moves whenever the histories do: it was 267 until nodes began
+/// ending their own lost leases.)
 /// That is measured and shown; the invariant excuses it (the lock is
 /// blocked), and the run passes.
 #[test]
 fn zombie_held_locks_are_measured_but_excused() {
     let report = run(&SimConfig {
-        seed: 267,
+        seed: 893,
         nodes: 5,
         roles: 3,
         duration: secs(600),
@@ -75,7 +77,7 @@ fn zombie_held_locks_are_measured_but_excused() {
         let s = a.longest_leaderless;
         assert!(s.length > secs(250), "{report}");
         assert!(
-            s.from.as_duration() >= secs(120) && s.from.as_duration() <= secs(140),
+            s.from.as_duration() >= secs(211) && s.from.as_duration() <= secs(231),
             "{report}"
         );
         assert!(a.longest_accountable.length <= bound, "{report}");

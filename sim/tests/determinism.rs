@@ -61,17 +61,28 @@ fn a_calm_cluster_elects_at_once_and_keeps_its_leaders() {
 
 #[test]
 fn failure_reports_end_with_the_reproduce_line() {
-    // Seed 1: a run in which the simulator catches this mutant (which seeds
-    // do depends on the history; `sim/tests/mutants.rs` checks that every
-    // mutant is caught within a few seeds).
-    let report = run(&SimConfig {
-        mutant: Some(Mutant::NotifiesBeforeUnlock),
-        ..ci_config(1)
-    });
-    assert!(!report.passed());
+    // The first seed at which the simulator catches this mutant (which
+    // seeds do depends on the histories; `sim/tests/mutants.rs` checks that
+    // every mutant is caught within a few seeds).
+    let (config, report) = (0..40)
+        .map(|seed| SimConfig {
+            mutant: Some(Mutant::NotifiesBeforeUnlock),
+            ..ci_config(seed)
+        })
+        .map(|c| {
+            let r = run(&c);
+            (c, r)
+        })
+        .find(|(_, r)| !r.passed())
+        .expect("the mutant is caught within 40 seeds");
     let text = report.to_string();
     let last = text.lines().last().unwrap_or_default();
-    assert!(last.starts_with("reproduce with: cargo run --release --features cli -- sim --seed 1 --nodes 4 --roles 2 --minutes 3 --faults all --mutant notifies-before-unlock"), "{last}");
+    let expected = format!(
+        "reproduce with: cargo run --release --features cli -- sim --seed {} --nodes {} \
+         --roles {} --minutes 3 --faults all --mutant notifies-before-unlock",
+        config.seed, config.nodes, config.roles
+    );
+    assert!(last.starts_with(&expected), "{last}\nexpected {expected}");
     assert!(text.contains("timeline:"));
     assert!(report.svg.starts_with("<svg"));
 }
