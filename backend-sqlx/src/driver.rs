@@ -204,6 +204,30 @@ impl Driver for SqlxDriver {
         rows.iter().map(decode).collect()
     }
 
+    /// The statement inside an explicit transaction, unnamed
+    /// (`persistent(false)`). sqlx sends even an unnamed statement in two
+    /// round trips — Parse/Describe/Sync, then Bind/Execute/Sync (see
+    /// `prepare` in sqlx-postgres 0.9's `connection/executor.rs`) — and a
+    /// transaction pooler may hand the second to another server connection,
+    /// where the statement does not exist (or, worse, another client's
+    /// unnamed statement does). Inside `BEGIN` … `COMMIT` the pooler keeps
+    /// one server connection throughout; `persistent(false)` leaves no named
+    /// statement behind on it.
+    async fn pool_query_pooler_safe(
+        &self,
+        sql: &str,
+        params: &[Param],
+    ) -> Result<Vec<Row>, DbError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let q = bind(
+            sqlx::query(AssertSqlSafe(sql.to_owned())).persistent(false),
+            params,
+        );
+        let rows = q.fetch_all(&mut *tx).await.map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        rows.iter().map(decode).collect()
+    }
+
     async fn listen(
         &self,
         spec: &OpenSpec,

@@ -23,6 +23,36 @@ pub enum SessionSettings {
     SetCommands,
 }
 
+/// How the engine keeps two nodes from leading the same role at once.
+///
+/// | | [`Mode::Session`] (default) | [`Mode::Lease`] |
+/// |---|---|---|
+/// | mutual exclusion | advisory lock on one session per node, plus the lease row | compare-and-set on the lease row in database time |
+/// | server connections per node | session + listener + pool | pool only (no connection held between statements) |
+/// | transaction pooler (PgBouncer `pool_mode=transaction`) | refused at start | works |
+/// | handover after a resign | at once (`LISTEN`/`NOTIFY`) | at the standbys' next retry round |
+/// | crashed leader replaced after | its lease (`WaitForLease`), at once (`Immediate`) | its lease, under either policy |
+/// | deposing zombies, lock-loss detection | yes | nothing to depose, no session to lose |
+///
+/// Under [`TakeoverPolicy::WaitForLease`](regent_core::TakeoverPolicy) both
+/// modes give the same guarantee: a new leader's claim commits only after
+/// the old lease ended in database time, by when the old leader stepped
+/// down at its local deadline. In lease mode a claim *cannot* succeed any
+/// earlier — without a lock, a crashed holder cannot be told apart from a
+/// paused one — so `Immediate` leads no sooner there than `WaitForLease`.
+/// Every node of one namespace must use the same mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Session-level advisory locks on one dedicated connection per node
+    /// (DESIGN §4). Needs a direct connection or a pooler in session mode.
+    #[default]
+    Session,
+    /// Lease rows only: every statement is one autocommit transaction on
+    /// the pool, so it works through transaction poolers (PgBouncer
+    /// `pool_mode=transaction`, RDS Proxy, Supavisor).
+    Lease,
+}
+
 /// A builder option out of range: which option, and the rule it broke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[error("invalid option `{field}`: {rule}")]
@@ -56,6 +86,8 @@ pub struct Settings {
     /// `SET LOCAL idle_in_transaction_session_timeout` and
     /// `statement_timeout` ([`Settings::fenced_gucs`]).
     pub fenced_idle_timeout: Duration,
+    /// Session mode (advisory locks) or lease mode (lease rows only).
+    pub mode: Mode,
 }
 
 impl Default for Settings {
@@ -69,6 +101,7 @@ impl Default for Settings {
             keepalives_count: 3,
             session_settings: SessionSettings::StartupOptions,
             fenced_idle_timeout: Duration::from_secs(10),
+            mode: Mode::Session,
         }
     }
 }
