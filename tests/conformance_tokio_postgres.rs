@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use conformance::{APPEND_SQL, PgFactory};
+use conformance::{APPEND_SQL, PgFactory, Target};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use regent::tokio_postgres::{FencedError, FencedTransaction, TokioPgBackend};
 use regent::{Namespace, NodeId, Role, Term};
@@ -19,16 +19,38 @@ use tokio_postgres::{Config, NoTls};
 
 struct TpFactory {
     url: String,
+    target: Target,
 }
 
 impl TpFactory {
+    /// Session mode, directly.
     async fn new() -> Self {
-        Self {
-            url: support::pg::database_url().await,
-        }
+        let url = support::pg::database_url().await;
+        let target = Target::session(&url);
+        Self { url, target }
     }
+
+    /// Lease mode, directly.
+    async fn lease() -> Self {
+        let url = support::pg::database_url().await;
+        let target = Target::lease(&url);
+        Self { url, target }
+    }
+
+    /// Lease mode through PgBouncer in transaction mode.
+    async fn lease_through_pgbouncer() -> Self {
+        let url = support::pg::database_url().await;
+        let target = Target::lease_through_pgbouncer(&url);
+        Self { url, target }
+    }
+
+    fn builder(&self) -> regent::tokio_postgres::TokioPgBackendBuilder {
+        let b = TokioPgBackend::builder();
+        if self.target.lease { b.lease_mode() } else { b }
+    }
+
     fn parts(&self, user: Option<&str>) -> (Pool, Config) {
-        let mut config: Config = self.url.parse().expect("valid DATABASE_URL");
+        let mut config: Config = self.target.node_url.parse().expect("valid DATABASE_URL");
         if let Some(user) = user {
             config.user(user);
         }
@@ -40,7 +62,12 @@ impl TpFactory {
             },
         );
         (
-            Pool::builder(mgr).max_size(3).build().expect("pool"),
+            // Lease mode runs every call on the pool: room for fenced work
+            // in flight beside the election's statements.
+            Pool::builder(mgr)
+                .max_size(if self.target.lease { 8 } else { 3 })
+                .build()
+                .expect("pool"),
             config,
         )
     }
@@ -80,21 +107,23 @@ impl PgFactory for TpFactory {
     fn url(&self) -> &str {
         &self.url
     }
+    fn lease_mode(&self) -> bool {
+        self.target.lease
+    }
+
     async fn node(&self, app: &str, user: Option<&str>) -> TokioPgBackend {
         let (pool, config) = self.parts(user);
-        TokioPgBackend::builder()
+        self.builder()
             .application_name(app)
             .build(pool, config)
             .expect("options")
     }
     async fn node_for_url(&self, url: &str) -> Result<TokioPgBackend, String> {
-        TokioPgBackend::connect(url)
-            .await
-            .map_err(|e| e.to_string())
+        self.builder().connect(url).await.map_err(|e| e.to_string())
     }
     async fn node_in_schema(&self, app: &str, schema: &str) -> TokioPgBackend {
         let (pool, config) = self.parts(None);
-        TokioPgBackend::builder()
+        self.builder()
             .application_name(app)
             .schema(schema)
             .build(pool, config)
@@ -144,6 +173,24 @@ mod kit {
     regent_conformance::conformance_tests!(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         conformance::Pg::new(TpFactory::new().await).await
+    );
+}
+
+/// The kit in lease mode, directly against PostgreSQL.
+mod kit_lease {
+    use super::*;
+    regent_conformance::conformance_tests!(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        conformance::Pg::new(TpFactory::lease().await).await
+    );
+}
+
+/// The kit in lease mode through a real PgBouncer in `pool_mode=transaction`.
+mod kit_lease_pgbouncer {
+    use super::*;
+    regent_conformance::conformance_tests!(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        conformance::Pg::new(TpFactory::lease_through_pgbouncer().await).await
     );
 }
 

@@ -10,7 +10,7 @@ use sqlx::{Connection, PgPool};
 use crate::SqlxBackend;
 use crate::error::SetupError;
 
-pub use regent_postgres::SessionSettings;
+pub use regent_postgres::{Mode, SessionSettings};
 
 /// Builds a [`SqlxBackend`]. Every option has a default; none depends on a
 /// namespace, so one backend (one node) serves any number of namespaces and

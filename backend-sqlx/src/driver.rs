@@ -117,12 +117,20 @@ fn as_text(row: Row) -> Vec<Option<String>> {
         .collect()
 }
 
+/// Runs one statement on `conn`: a named statement cached on the
+/// connection when `persistent`, else an unnamed one (safe inside a
+/// transaction behind a transaction pooler, which keeps the transaction on
+/// one server connection but not the connection's named statements).
 async fn query_on(
     conn: &mut PgConnection,
     sql: &str,
     params: &[Param],
+    persistent: bool,
 ) -> Result<Vec<Row>, DbError> {
-    let q = bind(sqlx::query(AssertSqlSafe(sql.to_owned())), params);
+    let q = bind(
+        sqlx::query(AssertSqlSafe(sql.to_owned())).persistent(persistent),
+        params,
+    );
     let rows = q.fetch_all(conn).await.map_err(db_error)?;
     rows.iter().map(decode).collect()
 }
@@ -149,7 +157,7 @@ impl Conn for SqlxConn {
     }
 
     async fn query(&mut self, sql: &str, params: &[Param]) -> Result<Vec<Row>, DbError> {
-        query_on(&mut self.0, sql, params).await
+        query_on(&mut self.0, sql, params, true).await
     }
 
     fn is_closed(&self) -> bool {
@@ -259,6 +267,7 @@ impl TxExec for OnConn<'_> {
     }
 
     async fn tx_query(&mut self, sql: &str, params: &[Param]) -> Result<Vec<Row>, DbError> {
-        query_on(self.0, sql, params).await
+        // Unnamed: the fence check also works behind a transaction pooler.
+        query_on(self.0, sql, params, false).await
     }
 }

@@ -10,7 +10,7 @@ use crate::TokioPgBackend;
 use crate::connect::connector;
 use crate::error::SetupError;
 
-pub use regent_postgres::SessionSettings;
+pub use regent_postgres::{Mode, SessionSettings};
 
 /// Builds a [`TokioPgBackend`]. Every option has a default; none depends
 /// on a namespace, so one backend (one node) serves any number of namespaces

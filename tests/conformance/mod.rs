@@ -47,6 +47,12 @@ pub trait PgFactory: Send + Sync + 'static {
     /// `pg_backend_pid()` of the node's lock session, while one is open.
     fn session_pid(&self, node: &Self::Node) -> Option<i32>;
 
+    /// Whether the nodes run in lease mode: no session to terminate and no
+    /// release notifications, so the kit skips exactly those scenarios.
+    fn lease_mode(&self) -> bool {
+        false
+    }
+
     /// Opens a fenced transaction for `token` whose appends go to
     /// [`LOG_TABLE`] with [`APPEND_SQL`].
     async fn fenced(
@@ -116,8 +122,19 @@ impl<F: PgFactory> Engine for Pg<F> {
         tx.commit().await.map_err(|e| e.to_string())
     }
 
+    fn notifies_releases(&self) -> bool {
+        // Lease mode has no LISTEN: standbys poll.
+        !self.factory.lease_mode()
+    }
+
+    fn crash_frees_lock(&self) -> bool {
+        // Lease mode has no lock: every takeover waits the lease out.
+        !self.factory.lease_mode()
+    }
+
     fn terminate(&self) -> Option<&dyn Terminate<F::Node>> {
-        Some(self)
+        // Lease mode keeps no session that an operator could end.
+        (!self.factory.lease_mode()).then_some(self as &dyn Terminate<F::Node>)
     }
 
     fn fencing(&self) -> Option<&dyn Fencing<F::Node>> {
@@ -185,6 +202,55 @@ impl<F: PgFactory> Fencing<F::Node> for Pg<F> {
                 seq: seq as u64,
             })
             .collect())
+    }
+}
+
+/// Where a factory's nodes connect and how: the database directly in
+/// session or lease mode, or lease mode through a private PgBouncer in
+/// transaction mode (kept running as long as the target lives). The admin
+/// pool always connects directly.
+pub struct Target {
+    /// The URL the nodes use.
+    pub node_url: String,
+    /// Whether the nodes run in lease mode.
+    pub lease: bool,
+    /// The PgBouncer in between, if any.
+    pub bouncer: Option<crate::support::pgbouncer::PgBouncer>,
+}
+
+impl Target {
+    /// Directly, in session mode (the default).
+    pub fn session(url: &str) -> Self {
+        Self {
+            node_url: url.to_owned(),
+            lease: false,
+            bouncer: None,
+        }
+    }
+
+    /// Directly, in lease mode.
+    pub fn lease(url: &str) -> Self {
+        Self {
+            lease: true,
+            ..Self::session(url)
+        }
+    }
+
+    /// Lease mode through a new PgBouncer in `pool_mode=transaction` in
+    /// front of the server of `url`.
+    pub fn lease_through_pgbouncer(url: &str) -> Self {
+        use std::str::FromStr;
+        let opts = sqlx::postgres::PgConnectOptions::from_str(url).expect("valid DATABASE_URL");
+        let db = opts.get_database().unwrap_or("postgres").to_owned();
+        let bouncer = crate::support::pgbouncer::PgBouncer::start(
+            opts.get_port(),
+            crate::support::pgbouncer::PoolMode::Transaction,
+        );
+        Self {
+            node_url: bouncer.url(&db),
+            lease: true,
+            bouncer: Some(bouncer),
+        }
     }
 }
 
