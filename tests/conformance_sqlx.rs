@@ -193,6 +193,18 @@ mod kit_lease {
     );
 }
 
+/// The PostgreSQL-only scenarios that hold in lease mode, directly ...
+mod pg_lease {
+    use super::*;
+    pg_lease_tests!(SqlxFactory::lease().await);
+}
+
+/// ... and through PgBouncer in `pool_mode=transaction`.
+mod pg_lease_pgbouncer {
+    use super::*;
+    pg_lease_tests!(SqlxFactory::lease_through_pgbouncer().await);
+}
+
 /// The kit in lease mode through a real PgBouncer in `pool_mode=transaction`.
 mod kit_lease_pgbouncer {
     use super::*;

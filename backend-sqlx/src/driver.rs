@@ -220,7 +220,9 @@ impl Driver for SqlxDriver {
     /// where the statement does not exist (or, worse, another client's
     /// unnamed statement does). Inside `BEGIN` … `COMMIT` the pooler keeps
     /// one server connection throughout; `persistent(false)` leaves no named
-    /// statement behind on it.
+    /// statement behind on it. (sqlx looks up its per-connection statement
+    /// cache by text even for an unnamed query: the engine never runs these
+    /// statements through the persistent path, so nothing is cached.)
     async fn pool_query_pooler_safe(
         &self,
         sql: &str,

@@ -263,6 +263,20 @@ pub async fn admin(url: &str) -> PgPool {
         .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url}: {e}"))
 }
 
+/// Generates one `#[tokio::test]` per PostgreSQL-only scenario that also
+/// holds in lease mode, for a lease-mode factory expression (the others are
+/// about sessions, advisory locks and zombies, which lease mode has none of).
+#[macro_export]
+macro_rules! pg_lease_tests {
+    ($factory:expr) => {
+        $crate::pg_conformance_tests!(@each $factory;
+            concurrent_migrate,
+            migrate_upgrades_an_old_table,
+            same_node_id_is_not_the_same_holder,
+        );
+    };
+}
+
 /// Generates one `#[tokio::test]` per PostgreSQL-only scenario for a
 /// factory expression.
 #[macro_export]
@@ -275,6 +289,8 @@ macro_rules! pg_conformance_tests {
             many_roles_one_session,
             concurrent_migrate,
             all_connections_dropped_then_recovery,
+            migrate_upgrades_an_old_table,
+            same_node_id_is_not_the_same_holder,
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {

@@ -240,3 +240,106 @@ pub async fn all_connections_dropped_then_recovery<F: PgFactory>(f: &F) {
     ea.shutdown().await;
     eb.shutdown().await;
 }
+
+/// 11. A lease table created by an older regent (no `incarnation` column)
+///     is refused at start with an error that says to migrate; `migrate()`
+///     adds the column, keeps the rows, and is idempotent.
+pub async fn migrate_upgrades_an_old_table<F: PgFactory>(f: &F) {
+    use regent::Lock;
+    let schema = unique("old");
+    let db = admin(f.url()).await;
+    for stmt in [
+        format!("CREATE SCHEMA \"{schema}\""),
+        format!(
+            "CREATE TABLE \"{schema}\".regent_leases (namespace text NOT NULL, \
+             role text NOT NULL, holder text NOT NULL, term bigint NOT NULL CHECK (term > 0), \
+             backend_pid integer, acquired_at timestamptz NOT NULL, \
+             renewed_at timestamptz NOT NULL, lease_until timestamptz NOT NULL, \
+             PRIMARY KEY (namespace, role))"
+        ),
+        format!(
+            "INSERT INTO \"{schema}\".regent_leases VALUES \
+             ('default', 'r', 'old-node', 7, NULL, now(), now(), now())"
+        ),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(stmt))
+            .execute(&db)
+            .await
+            .unwrap();
+    }
+    let node = f.node_in_schema(&unique("app"), &schema).await;
+    let err = node
+        .connect()
+        .await
+        .expect_err("an old table must be refused");
+    let msg = err.to_string();
+    assert!(!err.is_retryable(), "{err:?}");
+    assert!(
+        msg.contains("incarnation") && msg.contains("migrate"),
+        "{msg}"
+    );
+    f.migrate(&node).await.expect("migrate upgrades the table");
+    f.migrate(&node).await.expect("and again is a no-op");
+    let (col, holder, term, inc): (bool, String, i64, Option<String>) =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = $1 \
+         AND table_name = 'regent_leases' AND column_name = 'incarnation'), \
+         holder, term, incarnation FROM \"{schema}\".regent_leases"
+        )))
+        .bind(&schema)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(col, "the incarnation column was added");
+    assert_eq!((holder.as_str(), term, inc), ("old-node", 7, None));
+    node.connect()
+        .await
+        .expect("the upgraded table is accepted");
+    node.reset().await;
+}
+
+/// 12. Two processes that share a node id by mistake are not the same
+///     holder: the second can neither re-claim, renew, expire nor validate
+///     the first one's lease (each backend has its own incarnation, written
+///     into the rows it claims).
+pub async fn same_node_id_is_not_the_same_holder<F: PgFactory>(f: &F) {
+    use regent::{Backend, BackendError, HeldLease, Lease, Lock, NodeId};
+    let ns = Namespace::new(unique("inc")).unwrap();
+    let role = Role::new("scheduler").unwrap();
+    let roles = std::slice::from_ref(&role);
+    let holder = NodeId::new("node-x").unwrap();
+    let lease = Duration::from_secs(30);
+    let a = f.node(&unique("app"), None).await;
+    f.migrate(&a).await.unwrap();
+    let b = f.node(&unique("app"), None).await;
+    a.connect().await.unwrap();
+    b.connect().await.unwrap();
+    let granted = a.try_lock(&ns, roles).await.unwrap();
+    assert!(granted.attempts[0].granted);
+    let term = a.claim(&ns, &role, &holder, lease).await.unwrap().term;
+    let (_, before) = a.read(&ns, roles).await.unwrap();
+    // The second process, same node id.
+    let tried = b.try_lock(&ns, roles).await.unwrap();
+    assert!(!tried.attempts[0].granted, "b was granted a's role");
+    if f.lease_mode() {
+        let err = b.claim(&ns, &role, &holder, lease).await.unwrap_err();
+        assert!(matches!(err, BackendError::Busy(_)), "{err:?}");
+    }
+    let held = [HeldLease {
+        role: role.clone(),
+        term,
+    }];
+    let renewed = b.renew(&ns, &holder, &held, lease).await.unwrap();
+    assert!(renewed.renewed.is_empty(), "b renewed a's lease");
+    b.expire(&ns, &role, &holder, term).await.unwrap();
+    assert!(b.held(&ns, roles).await.unwrap().is_empty());
+    let (_, after) = a.read(&ns, roles).await.unwrap();
+    assert_eq!(after, before, "b changed a's lease");
+    // a itself still owns it.
+    assert_eq!(a.held(&ns, roles).await.unwrap(), roles);
+    let renewed = a.renew(&ns, &holder, &held, lease).await.unwrap();
+    assert_eq!(renewed.renewed, roles);
+    a.release(&ns, &role, &holder, Some(term)).await.unwrap();
+    a.reset().await;
+    b.reset().await;
+}
