@@ -42,6 +42,13 @@ impl SqlxFactory {
         Self { url, target }
     }
 
+    /// As `lease_through_pgbouncer`, listening for releases directly.
+    async fn lease_through_pgbouncer_listening_directly() -> Self {
+        let url = support::pg::database_url().await;
+        let target = Target::lease_through_pgbouncer_listening_directly(&url);
+        Self { url, target }
+    }
+
     fn pool(&self, user: Option<&str>) -> sqlx::PgPool {
         let mut opts =
             PgConnectOptions::from_str(&self.target.node_url).expect("valid DATABASE_URL");
@@ -57,8 +64,12 @@ impl SqlxFactory {
     }
 
     fn builder(&self) -> regent::sqlx::SqlxBackendBuilder {
-        let b = SqlxBackend::builder();
-        if self.target.lease { b.lease_mode() } else { b }
+        let b = regent::sqlx::SqlxBackend::builder();
+        let b = if self.target.lease { b.lease_mode() } else { b };
+        match &self.target.listener_url {
+            Some(url) => b.listener_url(url),
+            None => b,
+        }
     }
 }
 
@@ -108,6 +119,10 @@ impl PgFactory for SqlxFactory {
 
     fn lease_mode(&self) -> bool {
         self.target.lease
+    }
+
+    fn notifies(&self) -> bool {
+        self.target.notifies()
     }
 
     async fn node(&self, app: &str, user: Option<&str>) -> SqlxBackend {
@@ -190,6 +205,17 @@ mod kit_lease {
     regent_conformance::conformance_tests!(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         conformance::Pg::new(SqlxFactory::lease().await).await
+    );
+}
+
+/// The kit in lease mode through PgBouncer, with release listeners
+/// connecting to PostgreSQL directly (`listener_url`): the notification
+/// scenario runs too.
+mod kit_lease_pgbouncer_listening {
+    use super::*;
+    regent_conformance::conformance_tests!(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        conformance::Pg::new(SqlxFactory::lease_through_pgbouncer_listening_directly().await).await
     );
 }
 

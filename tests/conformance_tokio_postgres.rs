@@ -44,9 +44,20 @@ impl TpFactory {
         Self { url, target }
     }
 
+    /// As `lease_through_pgbouncer`, listening for releases directly.
+    async fn lease_through_pgbouncer_listening_directly() -> Self {
+        let url = support::pg::database_url().await;
+        let target = Target::lease_through_pgbouncer_listening_directly(&url);
+        Self { url, target }
+    }
+
     fn builder(&self) -> regent::tokio_postgres::TokioPgBackendBuilder {
-        let b = TokioPgBackend::builder();
-        if self.target.lease { b.lease_mode() } else { b }
+        let b = regent::tokio_postgres::TokioPgBackend::builder();
+        let b = if self.target.lease { b.lease_mode() } else { b };
+        match &self.target.listener_url {
+            Some(url) => b.listener_url(url),
+            None => b,
+        }
     }
 
     fn parts(&self, user: Option<&str>) -> (Pool, Config) {
@@ -109,6 +120,10 @@ impl PgFactory for TpFactory {
     }
     fn lease_mode(&self) -> bool {
         self.target.lease
+    }
+
+    fn notifies(&self) -> bool {
+        self.target.notifies()
     }
 
     async fn node(&self, app: &str, user: Option<&str>) -> TokioPgBackend {
@@ -182,6 +197,17 @@ mod kit_lease {
     regent_conformance::conformance_tests!(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         conformance::Pg::new(TpFactory::lease().await).await
+    );
+}
+
+/// The kit in lease mode through PgBouncer, with release listeners
+/// connecting to PostgreSQL directly (`listener_url`): the notification
+/// scenario runs too.
+mod kit_lease_pgbouncer_listening {
+    use super::*;
+    regent_conformance::conformance_tests!(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        conformance::Pg::new(TpFactory::lease_through_pgbouncer_listening_directly().await).await
     );
 }
 

@@ -18,15 +18,23 @@ pub struct SqlxDriver {
 }
 
 impl SqlxDriver {
-    fn options(&self, spec: &OpenSpec) -> PgConnectOptions {
-        let base = self.pool.connect_options();
-        let opts = base
-            .as_ref()
-            .clone()
-            .application_name(&spec.application_name);
+    fn options(&self, spec: &OpenSpec) -> Result<PgConnectOptions, DbError> {
+        let base = match &spec.url {
+            Some(url) => listener_options(url)?,
+            None => self.pool.connect_options().as_ref().clone(),
+        };
+        let opts = base.application_name(&spec.application_name);
         // Appended to any `options` the URL already has.
-        opts.options(spec.startup_gucs.iter().map(|(k, v)| (*k, v.as_str())))
+        Ok(opts.options(spec.startup_gucs.iter().map(|(k, v)| (*k, v.as_str()))))
     }
+}
+
+/// The connect options of a listener URL (checked when the backend is
+/// built, so this fails only for a URL changed since).
+pub(crate) fn listener_options(url: &str) -> Result<PgConnectOptions, DbError> {
+    use std::str::FromStr;
+    PgConnectOptions::from_str(url)
+        .map_err(|e| DbError::other(format!("invalid listener URL: {e}")))
 }
 
 /// Maps a sqlx error to the engine's [`DbError`].
@@ -200,7 +208,7 @@ impl Driver for SqlxDriver {
     async fn open(&self, spec: &OpenSpec, _on_close: CloseHook) -> Result<SqlxConn, DbError> {
         // sqlx gives no signal when a connection closes by itself; the
         // engine finds out at the next statement (lock validation).
-        let conn = PgConnection::connect_with(&self.options(spec))
+        let conn = PgConnection::connect_with(&self.options(spec)?)
             .await
             .map_err(db_error)?;
         Ok(SqlxConn(conn))
@@ -250,7 +258,7 @@ impl Driver for SqlxDriver {
             .max_connections(1)
             .max_lifetime(None)
             .idle_timeout(None)
-            .connect_lazy_with(self.options(spec));
+            .connect_lazy_with(self.options(spec)?);
         let mut listener = PgListener::connect_with(&pool).await.map_err(db_error)?;
         listener.ignore_pool_close_event(true);
         listener.listen(channel).await.map_err(db_error)?;

@@ -38,7 +38,14 @@ impl std::fmt::Debug for TokioPgDriver {
 
 impl TokioPgDriver {
     async fn connect(&self, spec: &OpenSpec) -> Result<(Client, MessageStream), DbError> {
-        (self.connector)(connect_config(&self.config, spec))
+        let base = match &spec.url {
+            // Lease mode's direct listener (checked when the backend was built).
+            Some(url) => url
+                .parse::<Config>()
+                .map_err(|e| DbError::other(format!("invalid listener URL: {}", describe(&e))))?,
+            None => self.config.clone(),
+        };
+        (self.connector)(connect_config(&base, spec))
             .await
             .map_err(|e| db_error(&e))
     }
@@ -436,6 +443,7 @@ mod tests {
             ],
             keepalives: Some((Duration::from_secs(5), Duration::from_secs(2), 3)),
             connect_timeout: Duration::from_secs(7),
+            url: None,
         };
         let c = connect_config(&base, &spec);
         assert_eq!(c.get_application_name(), Some("regent"));

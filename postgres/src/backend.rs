@@ -358,11 +358,13 @@ impl<D: Driver> Depose for PgBackend<D> {
 
 #[async_trait]
 impl<D: Driver> Backend for PgBackend<D> {
-    /// Session mode: `LISTEN`/`NOTIFY`. Lease mode: none (`LISTEN` needs a
-    /// session, which a transaction pooler does not keep); standbys find a
-    /// released role at their next retry round.
+    /// Session mode: `LISTEN`/`NOTIFY`. Lease mode: only with a
+    /// [listener URL](Settings::listener_url) — `LISTEN` needs a session,
+    /// which a transaction pooler does not keep — else none, and standbys
+    /// find a released role at their next retry round.
     fn notifier(&self) -> Option<&dyn Notify> {
-        (!self.is_lease_mode()).then_some(self as &dyn Notify)
+        let listens = !self.is_lease_mode() || self.engine.settings.listener_url.is_some();
+        listens.then_some(self as &dyn Notify)
     }
 
     /// Session mode: terminating a zombie's backend. Lease mode: none — no

@@ -214,6 +214,11 @@ pub struct OpenSpec {
     pub keepalives: Option<(Duration, Duration, u32)>,
     /// Upper bound for establishing the connection.
     pub connect_timeout: Duration,
+    /// Connect to this URL instead of the driver's own connection settings
+    /// (lease mode's direct listener, past the pooler; see
+    /// [`Settings::listener_url`](crate::Settings::listener_url)). The
+    /// driver's TLS setup still applies.
+    pub url: Option<String>,
 }
 
 /// Called by a driver at most once, when it sees a dedicated connection end

@@ -141,8 +141,8 @@ macro_rules! forward_backend {
 
 /// The builder options every adapter shares, written once: expands to
 /// `schema`, `table`, `application_name`, `statement_timeout`,
-/// `tcp_keepalives`, `fenced_idle_timeout`, `lease_mode`, `mode` and
-/// `session_settings` setters
+/// `tcp_keepalives`, `fenced_idle_timeout`, `lease_mode`, `mode`,
+/// `listener_url` and `session_settings` setters
 /// inside an adapter builder's `impl` block. The builder needs fields
 /// `schema: String`, `table: String` and `settings:`
 /// [`Settings`](crate::Settings).
@@ -211,6 +211,19 @@ macro_rules! settings_setters {
         /// [`Mode`]($crate::Mode) for what each mode costs and guarantees.
         pub fn lease_mode(self) -> Self {
             self.mode($crate::Mode::Lease)
+        }
+
+        /// Lease mode only: release listeners connect to `url` directly,
+        /// past the transaction pooler (which cannot carry `LISTEN`), so
+        /// standbys take over a released role at once instead of at their
+        /// next retry round. Releases are still published through the pool
+        /// (`pg_notify` is transactional and works through a pooler). One
+        /// listening connection per namespace the node campaigns in; if it
+        /// cannot connect, standbys fall back to polling. Setting it in
+        /// session mode is refused when the backend is built.
+        pub fn listener_url(mut self, url: &str) -> Self {
+            self.settings.listener_url = Some($crate::ListenerUrl::new(url));
+            self
         }
 
         /// Session mode (the default) or lease mode; see

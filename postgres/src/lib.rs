@@ -105,7 +105,9 @@ pub use rows::{
     LeaseRow, PREEMPT_NOT_PERMITTED_WARNING, RowError, lease_names, micros, preempt_outcome,
     renewed_roles, term_from_db, term_to_db, unreadable_row,
 };
-pub use settings::{Mode, OptionError, SessionSettings, Settings, require, startup_options};
+pub use settings::{
+    ListenerUrl, Mode, OptionError, SessionSettings, Settings, require, startup_options,
+};
 pub use statements::{
     BACKEND_PID, BEGIN, COMMIT, MODE_ALREADY_HELD, MODE_SKIP, MODE_TRY, PREEMPT_NOT_PERMITTED,
     PREEMPT_NOT_ZOMBIE, PREEMPT_TERMINATED, PROBE_BEGIN, ROLLBACK, Statements, listen,

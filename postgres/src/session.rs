@@ -352,6 +352,7 @@ impl<D: Driver> Engine<D> {
             },
             keepalives: Some((s.keepalives_idle, s.keepalives_interval, s.keepalives_count)),
             connect_timeout: s.call_timeout(),
+            url: None,
         }
     }
 

@@ -53,6 +53,30 @@ pub enum Mode {
     Lease,
 }
 
+/// A direct (unpooled) connection URL for lease mode's release listener;
+/// its `Debug` hides everything after the scheme (it may hold a password).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ListenerUrl(String);
+
+impl ListenerUrl {
+    /// Wraps `url` (parsed by the driver when the backend is built).
+    pub fn new(url: &str) -> Self {
+        Self(url.to_owned())
+    }
+
+    /// The URL.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ListenerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = self.0.split("://").next().unwrap_or("");
+        write!(f, "ListenerUrl({scheme}://…)")
+    }
+}
+
 /// A builder option out of range: which option, and the rule it broke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[error("invalid option `{field}`: {rule}")]
@@ -88,6 +112,10 @@ pub struct Settings {
     pub fenced_idle_timeout: Duration,
     /// Session mode (advisory locks) or lease mode (lease rows only).
     pub mode: Mode,
+    /// Lease mode only: where release listeners connect directly (past the
+    /// pooler), which brings `LISTEN`/`NOTIFY`-speed handover back. `None`:
+    /// lease mode has no notifications and standbys poll.
+    pub listener_url: Option<ListenerUrl>,
 }
 
 impl Default for Settings {
@@ -102,6 +130,7 @@ impl Default for Settings {
             session_settings: SessionSettings::StartupOptions,
             fenced_idle_timeout: Duration::from_secs(10),
             mode: Mode::Session,
+            listener_url: None,
         }
     }
 }
@@ -142,6 +171,12 @@ impl Settings {
                 && self.fenced_idle_timeout <= Duration::from_millis(MAX_GUC_MS),
             "fenced_idle_timeout",
             "must be at least 1 ms and at most 2147483647 ms",
+        )?;
+        require(
+            self.listener_url.is_none() || self.mode == Mode::Lease,
+            "listener_url",
+            "applies to lease mode only (session mode already listens on a direct connection \
+             of its own); add `.lease_mode()` or drop the listener URL",
         )?;
         let name = &self.application_name;
         require(
@@ -282,6 +317,15 @@ mod tests {
             };
             assert_eq!(field(st), "fenced_idle_timeout");
         }
+        let listener = |mode| Settings {
+            listener_url: Some(ListenerUrl::new("postgres://u:secret@h/db")),
+            mode,
+            ..Settings::default()
+        };
+        assert_eq!(field(listener(Mode::Session)), "listener_url");
+        assert_eq!(listener(Mode::Lease).validate(), Ok(()));
+        let shown = format!("{:?}", listener(Mode::Lease).listener_url);
+        assert!(!shown.contains("secret"), "{shown}");
         let e = OptionError {
             field: "x",
             rule: "y",

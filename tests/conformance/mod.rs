@@ -47,10 +47,17 @@ pub trait PgFactory: Send + Sync + 'static {
     /// `pg_backend_pid()` of the node's lock session, while one is open.
     fn session_pid(&self, node: &Self::Node) -> Option<i32>;
 
-    /// Whether the nodes run in lease mode: no session to terminate and no
-    /// release notifications, so the kit skips exactly those scenarios.
+    /// Whether the nodes run in lease mode: no session to terminate, so the
+    /// kit skips exactly those scenarios (and notifications only with a
+    /// direct listener, see [`PgFactory::notifies`]).
     fn lease_mode(&self) -> bool {
         false
+    }
+
+    /// Whether the nodes get release notifications: always in session
+    /// mode, in lease mode only with a direct listener URL.
+    fn notifies(&self) -> bool {
+        !self.lease_mode()
     }
 
     /// Opens a fenced transaction for `token` whose appends go to
@@ -123,8 +130,8 @@ impl<F: PgFactory> Engine for Pg<F> {
     }
 
     fn notifies_releases(&self) -> bool {
-        // Lease mode has no LISTEN: standbys poll.
-        !self.factory.lease_mode()
+        // Lease mode has no LISTEN unless a direct listener URL is set.
+        self.factory.notifies()
     }
 
     fn crash_frees_lock(&self) -> bool {
@@ -216,6 +223,8 @@ pub struct Target {
     pub lease: bool,
     /// The PgBouncer in between, if any.
     pub bouncer: Option<crate::support::pgbouncer::PgBouncer>,
+    /// Lease mode's direct listener URL, if any.
+    pub listener_url: Option<String>,
 }
 
 impl Target {
@@ -225,6 +234,7 @@ impl Target {
             node_url: url.to_owned(),
             lease: false,
             bouncer: None,
+            listener_url: None,
         }
     }
 
@@ -250,7 +260,22 @@ impl Target {
             node_url: bouncer.url(&db),
             lease: true,
             bouncer: Some(bouncer),
+            listener_url: None,
         }
+    }
+
+    /// As [`Target::lease_through_pgbouncer`], with release listeners
+    /// connecting to `url` directly (NOTIFY-speed handover).
+    pub fn lease_through_pgbouncer_listening_directly(url: &str) -> Self {
+        Self {
+            listener_url: Some(url.to_owned()),
+            ..Self::lease_through_pgbouncer(url)
+        }
+    }
+
+    /// Whether the nodes get release notifications.
+    pub fn notifies(&self) -> bool {
+        !self.lease || self.listener_url.is_some()
     }
 }
 
