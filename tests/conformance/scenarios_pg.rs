@@ -9,7 +9,7 @@ use std::time::Duration;
 use regent::postgres::AdvisoryKey;
 use regent::{Config, Elector, Namespace, Role, TakeoverPolicy};
 use regent_conformance::support::{
-    campaign, eventually, fast_builder, fast_config, leaders, unique, within,
+    campaign, eventually, fast_builder, fast_config, lead, leaders, unique, within,
 };
 use sqlx::{Connection, PgConnection};
 
@@ -342,4 +342,43 @@ pub async fn same_node_id_is_not_the_same_holder<F: PgFactory>(f: &F) {
     a.release(&ns, &role, &holder, Some(term)).await.unwrap();
     a.reset().await;
     b.reset().await;
+}
+
+/// 13. Lease mode without notifications: a resigning leader ends its
+///     lease, and the standby takes over at its next retry round. The lease
+///     is an hour, so only the ended lease (not its running out) can let
+///     the standby lead within the hang guard; terms increase.
+pub async fn resign_hands_over_by_polling<F: PgFactory>(f: &F) {
+    let ns = Namespace::new(unique("poll")).unwrap();
+    let role = Role::new("scheduler").unwrap();
+    let hour = Duration::from_secs(3600);
+    let cfg = Config::builder()
+        .lease_duration(hour)
+        .renew_interval(Duration::from_millis(500))
+        .attempt_timeout(Duration::from_millis(900))
+        .validate_interval(Duration::from_millis(500))
+        .retry_interval(Duration::from_millis(200))
+        .retry_jitter(Duration::from_millis(50))
+        .drain_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let a = f.node(&unique("app"), None).await;
+    f.migrate(&a).await.unwrap();
+    let b = f.node(&unique("app"), None).await;
+    let (ea, ha) = campaign(&a, &ns, "node-a", &role, cfg.clone()).await;
+    let t1 = lead("a leads", &ha).await;
+    let (eb, hb) = campaign(&b, &ns, "node-b", &role, cfg).await;
+    eventually("b observes a", || {
+        hb.leadership()
+            == regent::Leadership::Follower {
+                leader: Some("node-a".into()),
+            }
+    })
+    .await;
+    ha.resign().await;
+    let t2 = lead("b takes over after the resign", &hb).await;
+    assert!(t2 > t1, "term did not increase: {t1} then {t2}");
+    assert!(!ha.is_leader());
+    ea.shutdown().await;
+    eb.shutdown().await;
 }
