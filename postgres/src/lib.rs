@@ -11,6 +11,18 @@
 //! adapters `regent-sqlx` and `regent-tokio-postgres` implement it (connect,
 //! run a statement, listen, bind, decode) and nothing else.
 //!
+//! # Two modes
+//!
+//! [`Mode::Session`] (the default) keeps mutual exclusion in session-level
+//! advisory locks on one dedicated connection per node. [`Mode::Lease`]
+//! keeps it in the lease row alone — a compare-and-set in database time,
+//! every statement one autocommit transaction on the pool
+//! ([`Driver::pool_query_pooler_safe`](driver::Driver::pool_query_pooler_safe)) —
+//! so it works through a transaction pooler; see [`Mode`] for what each
+//! costs and guarantees, and the `lease_mode` module's table for how each
+//! trait call maps. In both modes every claimed row carries this backend's
+//! [`Incarnation`], and "my own lease" means holder **and** incarnation.
+//!
 //! # Parameters and results
 //!
 //! Every statement uses `$n` placeholders with explicit casts, so the same
