@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use regent_core::{
@@ -79,6 +80,14 @@ pub(crate) enum LeaseLock {
     /// `try_lock` found the row free (or this incarnation's own); no claim
     /// committed since.
     Granted,
+    /// A claim is in flight (`ticket` tells claims apart). If the role is
+    /// unlocked, released or reset meanwhile, the entry is gone when the
+    /// claim commits, and the claim ends the lease it just wrote at once:
+    /// nobody leads with it.
+    Claiming {
+        /// Which claim.
+        ticket: u64,
+    },
     /// A claim of this backend committed for `holder` at `term`.
     Claimed {
         /// The holder the claim named.
@@ -166,7 +175,8 @@ impl<D: Driver> Engine<D> {
 
     /// The compare-and-set claim. Runs in a task of its own, so a claim
     /// that commits is recorded (for validation, and for a release without
-    /// a term) even if the caller gave up waiting for it.
+    /// a term) even if the caller gave up waiting for it — or, if the role
+    /// was given up while it ran (unlock, release, reset), ended at once.
     pub(crate) async fn lm_claim(
         self: &Arc<Self>,
         ns: &Namespace,
@@ -174,18 +184,41 @@ impl<D: Driver> Engine<D> {
         holder: &NodeId,
         lease: Duration,
     ) -> Result<ClaimOutcome, BackendError> {
+        static TICKETS: AtomicU64 = AtomicU64::new(0);
+        let ticket = TICKETS.fetch_add(1, Ordering::Relaxed);
+        self.locks()
+            .insert(key(ns, role), LeaseLock::Claiming { ticket });
         let engine = Arc::clone(self);
         let (ns, role, holder) = (ns.clone(), role.clone(), holder.clone());
         let task = tokio::spawn(async move {
             let result = engine.lm_claim_now(&ns, &role, &holder, lease).await;
-            if let Ok(outcome) = &result {
-                engine.locks().insert(
-                    key(&ns, &role),
-                    LeaseLock::Claimed {
-                        holder: holder.as_str().to_owned(),
-                        term: outcome.term,
-                    },
-                );
+            let given_up = {
+                let mut locks = engine.locks();
+                let k = key(&ns, &role);
+                let current = locks.get(&k) == Some(&LeaseLock::Claiming { ticket });
+                match &result {
+                    Ok(outcome) if current => {
+                        let claimed = LeaseLock::Claimed {
+                            holder: holder.as_str().to_owned(),
+                            term: outcome.term,
+                        };
+                        locks.insert(k, claimed);
+                        None
+                    }
+                    Ok(outcome) => Some(outcome.term),
+                    Err(_) => {
+                        if current {
+                            locks.insert(k, LeaseLock::Granted);
+                        }
+                        None
+                    }
+                }
+            };
+            if let Some(term) = given_up {
+                tracing::debug!(%ns, %role, %term, "the role was given up while its claim ran; ending that lease");
+                if let Err(e) = engine.lm_expire(&ns, &role, &holder, term).await {
+                    tracing::warn!(%ns, %role, error = %e, "could not end a claim nobody leads with; it runs out by itself");
+                }
             }
             result
         });
@@ -261,7 +294,7 @@ impl<D: Driver> Engine<D> {
         for (role, lock) in &known {
             names.push(role.as_str().to_owned());
             let (h, t) = match lock {
-                LeaseLock::Granted => (String::new(), 0),
+                LeaseLock::Granted | LeaseLock::Claiming { .. } => (String::new(), 0),
                 LeaseLock::Claimed { holder, term } => (holder.clone(), crate::term_to_db(*term)),
             };
             holders.push(h);

@@ -299,6 +299,7 @@ macro_rules! pg_lease_tests {
             migrate_upgrades_an_old_table,
             same_node_id_is_not_the_same_holder,
             resign_hands_over_by_polling,
+            abandoned_claim_is_ended,
         );
     };
 }

@@ -382,3 +382,32 @@ pub async fn resign_hands_over_by_polling<F: PgFactory>(f: &F) {
     ea.shutdown().await;
     eb.shutdown().await;
 }
+
+/// 14. Lease mode: a claim its caller gave up on, released without a term
+///     while (or after) it commits, does not keep its lease: nobody leads
+///     with it, so standbys must not wait an hour for it.
+pub async fn abandoned_claim_is_ended<F: PgFactory>(f: &F) {
+    use regent::{Backend, Lease, Lock, NodeId};
+    let ns = Namespace::new(unique("abandon")).unwrap();
+    let role = Role::new("scheduler").unwrap();
+    let roles = std::slice::from_ref(&role);
+    let holder = NodeId::new("node-a").unwrap();
+    let a = f.node(&unique("app"), None).await;
+    f.migrate(&a).await.unwrap();
+    a.connect().await.unwrap();
+    assert!(a.try_lock(&ns, roles).await.unwrap().attempts[0].granted);
+    // Start the claim and give up on it at once (its first poll sends it).
+    let claim = a.claim(&ns, &role, &holder, Duration::from_secs(3600));
+    let _ = tokio::time::timeout(Duration::ZERO, claim).await;
+    a.release(&ns, &role, &holder, None).await.unwrap();
+    let ended = || {
+        let (a, ns, role) = (a.clone(), ns.clone(), role.clone());
+        async move {
+            let (now, rows) = a.read(&ns, &[role]).await.unwrap();
+            rows.first().is_some_and(|r| r.lease_until <= now)
+        }
+    };
+    regent_conformance::support::eventually_async("the abandoned claim's lease is ended", ended)
+        .await;
+    assert!(a.held(&ns, roles).await.unwrap().is_empty());
+}
