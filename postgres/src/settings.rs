@@ -40,7 +40,10 @@ pub enum SessionSettings {
 /// down at its local deadline. In lease mode a claim *cannot* succeed any
 /// earlier — without a lock, a crashed holder cannot be told apart from a
 /// paused one — so `Immediate` leads no sooner there than `WaitForLease`.
-/// Every node of one namespace must use the same mode.
+/// Every node of one namespace must use the same mode. `preempt_zombies`
+/// has nothing to do in lease mode (no lock outlives its lease, and the
+/// backend offers no deposer); release notifications need a direct
+/// [`listener_url`](Settings::listener_url) there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
     /// Session-level advisory locks on one dedicated connection per node
