@@ -9,7 +9,7 @@ mod support;
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use conformance::{APPEND_SQL, PgFactory};
+use conformance::{APPEND_SQL, PgFactory, Target};
 use regent::sqlx::{FencedError, SqlxBackend};
 use regent::{Namespace, NodeId, Role, Term};
 use regent_conformance::{FenceError, FencedWork};
@@ -17,23 +17,59 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 struct SqlxFactory {
     url: String,
+    target: Target,
 }
 
 impl SqlxFactory {
+    /// Session mode, directly.
     async fn new() -> Self {
-        Self {
-            url: support::pg::database_url().await,
-        }
+        let url = support::pg::database_url().await;
+        let target = Target::session(&url);
+        Self { url, target }
+    }
+
+    /// Lease mode, directly.
+    async fn lease() -> Self {
+        let url = support::pg::database_url().await;
+        let target = Target::lease(&url);
+        Self { url, target }
+    }
+
+    /// Lease mode through PgBouncer in transaction mode.
+    async fn lease_through_pgbouncer() -> Self {
+        let url = support::pg::database_url().await;
+        let target = Target::lease_through_pgbouncer(&url);
+        Self { url, target }
+    }
+
+    /// As `lease_through_pgbouncer`, listening for releases directly.
+    async fn lease_through_pgbouncer_listening_directly() -> Self {
+        let url = support::pg::database_url().await;
+        let target = Target::lease_through_pgbouncer_listening_directly(&url);
+        Self { url, target }
     }
 
     fn pool(&self, user: Option<&str>) -> sqlx::PgPool {
-        let mut opts = PgConnectOptions::from_str(&self.url).expect("valid DATABASE_URL");
+        let mut opts =
+            PgConnectOptions::from_str(&self.target.node_url).expect("valid DATABASE_URL");
         if let Some(user) = user {
             opts = opts.username(user);
         }
+        // Lease mode runs every call on the pool: room for fenced work
+        // in flight beside the election's statements.
+        let size = if self.target.lease { 8 } else { 3 };
         PgPoolOptions::new()
-            .max_connections(3)
+            .max_connections(size)
             .connect_lazy_with(opts)
+    }
+
+    fn builder(&self) -> regent::sqlx::SqlxBackendBuilder {
+        let b = regent::sqlx::SqlxBackend::builder();
+        let b = if self.target.lease { b.lease_mode() } else { b };
+        match &self.target.listener_url {
+            Some(url) => b.listener_url(url),
+            None => b,
+        }
     }
 }
 
@@ -47,7 +83,10 @@ struct SqlxWork {
 impl FencedWork for SqlxWork {
     async fn append(&mut self) -> Result<(), FenceError> {
         let (ns, role, holder, term) = &self.entry;
+        // Unnamed (`persistent(false)`), as any statement in a transaction
+        // behind a transaction pooler must be.
         sqlx::query(APPEND_SQL)
+            .persistent(false)
             .bind(ns)
             .bind(role)
             .bind(holder)
@@ -78,19 +117,27 @@ impl PgFactory for SqlxFactory {
         &self.url
     }
 
+    fn lease_mode(&self) -> bool {
+        self.target.lease
+    }
+
+    fn notifies(&self) -> bool {
+        self.target.notifies()
+    }
+
     async fn node(&self, app: &str, user: Option<&str>) -> SqlxBackend {
-        SqlxBackend::builder()
+        self.builder()
             .application_name(app)
             .build(self.pool(user))
             .expect("valid backend options")
     }
 
     async fn node_for_url(&self, url: &str) -> Result<SqlxBackend, String> {
-        SqlxBackend::connect(url).await.map_err(|e| e.to_string())
+        self.builder().connect(url).await.map_err(|e| e.to_string())
     }
 
     async fn node_in_schema(&self, app: &str, schema: &str) -> SqlxBackend {
-        SqlxBackend::builder()
+        self.builder()
             .application_name(app)
             .schema(schema)
             .build(self.pool(None))
@@ -150,4 +197,45 @@ mod kit {
 mod pg {
     use super::*;
     pg_conformance_tests!(SqlxFactory::new().await);
+}
+
+/// The kit in lease mode, directly against PostgreSQL.
+mod kit_lease {
+    use super::*;
+    regent_conformance::conformance_tests!(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        conformance::Pg::new(SqlxFactory::lease().await).await
+    );
+}
+
+/// The kit in lease mode through PgBouncer, with release listeners
+/// connecting to PostgreSQL directly (`listener_url`): the notification
+/// scenario runs too.
+mod kit_lease_pgbouncer_listening {
+    use super::*;
+    regent_conformance::conformance_tests!(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        conformance::Pg::new(SqlxFactory::lease_through_pgbouncer_listening_directly().await).await
+    );
+}
+
+/// The PostgreSQL-only scenarios that hold in lease mode, directly ...
+mod pg_lease {
+    use super::*;
+    pg_lease_tests!(SqlxFactory::lease().await);
+}
+
+/// ... and through PgBouncer in `pool_mode=transaction`.
+mod pg_lease_pgbouncer {
+    use super::*;
+    pg_lease_tests!(SqlxFactory::lease_through_pgbouncer().await);
+}
+
+/// The kit in lease mode through a real PgBouncer in `pool_mode=transaction`.
+mod kit_lease_pgbouncer {
+    use super::*;
+    regent_conformance::conformance_tests!(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        conformance::Pg::new(SqlxFactory::lease_through_pgbouncer().await).await
+    );
 }

@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use conformance::{APPEND_SQL, PgFactory};
+use conformance::{APPEND_SQL, PgFactory, Target};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use regent::tokio_postgres::{FencedError, FencedTransaction, TokioPgBackend};
 use regent::{Namespace, NodeId, Role, Term};
@@ -19,16 +19,49 @@ use tokio_postgres::{Config, NoTls};
 
 struct TpFactory {
     url: String,
+    target: Target,
 }
 
 impl TpFactory {
+    /// Session mode, directly.
     async fn new() -> Self {
-        Self {
-            url: support::pg::database_url().await,
+        let url = support::pg::database_url().await;
+        let target = Target::session(&url);
+        Self { url, target }
+    }
+
+    /// Lease mode, directly.
+    async fn lease() -> Self {
+        let url = support::pg::database_url().await;
+        let target = Target::lease(&url);
+        Self { url, target }
+    }
+
+    /// Lease mode through PgBouncer in transaction mode.
+    async fn lease_through_pgbouncer() -> Self {
+        let url = support::pg::database_url().await;
+        let target = Target::lease_through_pgbouncer(&url);
+        Self { url, target }
+    }
+
+    /// As `lease_through_pgbouncer`, listening for releases directly.
+    async fn lease_through_pgbouncer_listening_directly() -> Self {
+        let url = support::pg::database_url().await;
+        let target = Target::lease_through_pgbouncer_listening_directly(&url);
+        Self { url, target }
+    }
+
+    fn builder(&self) -> regent::tokio_postgres::TokioPgBackendBuilder {
+        let b = regent::tokio_postgres::TokioPgBackend::builder();
+        let b = if self.target.lease { b.lease_mode() } else { b };
+        match &self.target.listener_url {
+            Some(url) => b.listener_url(url),
+            None => b,
         }
     }
+
     fn parts(&self, user: Option<&str>) -> (Pool, Config) {
-        let mut config: Config = self.url.parse().expect("valid DATABASE_URL");
+        let mut config: Config = self.target.node_url.parse().expect("valid DATABASE_URL");
         if let Some(user) = user {
             config.user(user);
         }
@@ -40,7 +73,12 @@ impl TpFactory {
             },
         );
         (
-            Pool::builder(mgr).max_size(3).build().expect("pool"),
+            // Lease mode runs every call on the pool: room for fenced work
+            // in flight beside the election's statements.
+            Pool::builder(mgr)
+                .max_size(if self.target.lease { 8 } else { 3 })
+                .build()
+                .expect("pool"),
             config,
         )
     }
@@ -80,21 +118,27 @@ impl PgFactory for TpFactory {
     fn url(&self) -> &str {
         &self.url
     }
+    fn lease_mode(&self) -> bool {
+        self.target.lease
+    }
+
+    fn notifies(&self) -> bool {
+        self.target.notifies()
+    }
+
     async fn node(&self, app: &str, user: Option<&str>) -> TokioPgBackend {
         let (pool, config) = self.parts(user);
-        TokioPgBackend::builder()
+        self.builder()
             .application_name(app)
             .build(pool, config)
             .expect("options")
     }
     async fn node_for_url(&self, url: &str) -> Result<TokioPgBackend, String> {
-        TokioPgBackend::connect(url)
-            .await
-            .map_err(|e| e.to_string())
+        self.builder().connect(url).await.map_err(|e| e.to_string())
     }
     async fn node_in_schema(&self, app: &str, schema: &str) -> TokioPgBackend {
         let (pool, config) = self.parts(None);
-        TokioPgBackend::builder()
+        self.builder()
             .application_name(app)
             .schema(schema)
             .build(pool, config)
@@ -144,6 +188,47 @@ mod kit {
     regent_conformance::conformance_tests!(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         conformance::Pg::new(TpFactory::new().await).await
+    );
+}
+
+/// The kit in lease mode, directly against PostgreSQL.
+mod kit_lease {
+    use super::*;
+    regent_conformance::conformance_tests!(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        conformance::Pg::new(TpFactory::lease().await).await
+    );
+}
+
+/// The kit in lease mode through PgBouncer, with release listeners
+/// connecting to PostgreSQL directly (`listener_url`): the notification
+/// scenario runs too.
+mod kit_lease_pgbouncer_listening {
+    use super::*;
+    regent_conformance::conformance_tests!(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        conformance::Pg::new(TpFactory::lease_through_pgbouncer_listening_directly().await).await
+    );
+}
+
+/// The PostgreSQL-only scenarios that hold in lease mode, directly ...
+mod pg_lease {
+    use super::*;
+    pg_lease_tests!(TpFactory::lease().await);
+}
+
+/// ... and through PgBouncer in `pool_mode=transaction`.
+mod pg_lease_pgbouncer {
+    use super::*;
+    pg_lease_tests!(TpFactory::lease_through_pgbouncer().await);
+}
+
+/// The kit in lease mode through a real PgBouncer in `pool_mode=transaction`.
+mod kit_lease_pgbouncer {
+    use super::*;
+    regent_conformance::conformance_tests!(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        conformance::Pg::new(TpFactory::lease_through_pgbouncer().await).await
     );
 }
 

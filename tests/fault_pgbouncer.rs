@@ -3,7 +3,8 @@
 //! - `pool_mode=session`: the basic scenarios work — one leader among
 //!   three nodes, and a resign hands over to a standby by notification.
 //! - `pool_mode=transaction`: the backend refuses to start, with an error
-//!   that names the cause and the fix.
+//!   that names the cause and the fixes; lease mode, the one-line switch it
+//!   names, then leads behind the same pooler.
 //!
 //! Needs the `pgbouncer` binary (`apt-get install -y pgbouncer`); panics
 //! with that instruction if it is missing. Session settings go as `SET`
@@ -135,5 +136,34 @@ async fn transaction_mode_is_refused_at_start() {
     assert!(matches!(err, ElectorError::Backend(_)), "{err:?}");
     assert!(msg.contains("pool_mode=transaction"), "{msg}");
     assert!(msg.contains("pool_mode=session"), "{msg}");
+    // The refusal names lease mode and its one-line switch ...
+    assert!(
+        msg.contains("lease mode") && msg.contains("SqlxBackend::builder().lease_mode()"),
+        "{msg}"
+    );
+    // ... which works behind the same pooler.
+    let pool = PgPoolOptions::new()
+        .max_connections(3)
+        .connect_lazy(&bouncer.url("postgres"))
+        .unwrap();
+    let b = SqlxBackend::builder().lease_mode().build(pool).unwrap();
+    let h = Elector::builder(b)
+        .node_id(NodeId::new("node-tx").unwrap())
+        .config(short_lease(TakeoverPolicy::WaitForLease, false))
+        .spawn(Role::new("scheduler").unwrap())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "lease mode through pool_mode=transaction: {e}\n{}",
+                bouncer.log()
+            )
+        });
+    wait_for(
+        "lease mode leads behind the pooler",
+        Duration::from_secs(20),
+        || h.is_leader().then_some(()),
+    )
+    .await;
+    h.shutdown().await;
     drop(bouncer);
 }

@@ -10,7 +10,7 @@ use sqlx::{Connection, PgPool};
 use crate::SqlxBackend;
 use crate::error::SetupError;
 
-pub use regent_postgres::SessionSettings;
+pub use regent_postgres::{Mode, SessionSettings};
 
 /// Builds a [`SqlxBackend`]. Every option has a default; none depends on a
 /// namespace, so one backend (one node) serves any number of namespaces and
@@ -79,6 +79,9 @@ impl SqlxBackendBuilder {
         let mut settings = self.settings;
         settings.table = TableName::new(&self.schema, &self.table)?;
         settings.validate()?;
+        if let Some(url) = &settings.listener_url {
+            PgConnectOptions::from_str(url.as_str()).map_err(SetupError::Url)?;
+        }
         require(
             self.connect_timeout >= Duration::from_millis(1),
             "connect_timeout",
@@ -146,6 +149,19 @@ mod tests {
         assert!(err(b().max_pool_connections(0)).contains("max_pool_connections"));
         assert!(err(b().connect_timeout(Duration::ZERO)).contains("connect_timeout"));
         assert!(err(b().fenced_idle_timeout(Duration::ZERO)).contains("fenced_idle_timeout"));
+        // A listener URL is lease mode's; session mode refuses it.
+        let direct = "postgres://u@127.0.0.1:5432/db";
+        let e = err(b().listener_url(direct));
+        assert!(
+            e.contains("listener_url") && e.contains("lease_mode()"),
+            "{e}"
+        );
+        assert!(b().lease_mode().listener_url(direct).validate().is_ok());
+        assert!(
+            err(b().lease_mode().listener_url("postgres://h:notaport/x"))
+                .contains("invalid database URL")
+        );
+        assert_eq!(b().lease_mode().validate().unwrap().0.mode, Mode::Lease);
         assert!(
             b().fenced_idle_timeout(Duration::from_millis(300))
                 .validate()

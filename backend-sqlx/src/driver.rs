@@ -18,15 +18,23 @@ pub struct SqlxDriver {
 }
 
 impl SqlxDriver {
-    fn options(&self, spec: &OpenSpec) -> PgConnectOptions {
-        let base = self.pool.connect_options();
-        let opts = base
-            .as_ref()
-            .clone()
-            .application_name(&spec.application_name);
+    fn options(&self, spec: &OpenSpec) -> Result<PgConnectOptions, DbError> {
+        let base = match &spec.url {
+            Some(url) => listener_options(url)?,
+            None => self.pool.connect_options().as_ref().clone(),
+        };
+        let opts = base.application_name(&spec.application_name);
         // Appended to any `options` the URL already has.
-        opts.options(spec.startup_gucs.iter().map(|(k, v)| (*k, v.as_str())))
+        Ok(opts.options(spec.startup_gucs.iter().map(|(k, v)| (*k, v.as_str()))))
     }
+}
+
+/// The connect options of a listener URL (checked when the backend is
+/// built, so this fails only for a URL changed since).
+pub(crate) fn listener_options(url: &str) -> Result<PgConnectOptions, DbError> {
+    use std::str::FromStr;
+    PgConnectOptions::from_str(url)
+        .map_err(|e| DbError::other(format!("invalid listener URL: {e}")))
 }
 
 /// Maps a sqlx error to the engine's [`DbError`].
@@ -117,12 +125,20 @@ fn as_text(row: Row) -> Vec<Option<String>> {
         .collect()
 }
 
+/// Runs one statement on `conn`: a named statement cached on the
+/// connection when `persistent`, else an unnamed one (safe inside a
+/// transaction behind a transaction pooler, which keeps the transaction on
+/// one server connection but not the connection's named statements).
 async fn query_on(
     conn: &mut PgConnection,
     sql: &str,
     params: &[Param],
+    persistent: bool,
 ) -> Result<Vec<Row>, DbError> {
-    let q = bind(sqlx::query(AssertSqlSafe(sql.to_owned())), params);
+    let q = bind(
+        sqlx::query(AssertSqlSafe(sql.to_owned())).persistent(persistent),
+        params,
+    );
     let rows = q.fetch_all(conn).await.map_err(db_error)?;
     rows.iter().map(decode).collect()
 }
@@ -149,7 +165,7 @@ impl Conn for SqlxConn {
     }
 
     async fn query(&mut self, sql: &str, params: &[Param]) -> Result<Vec<Row>, DbError> {
-        query_on(&mut self.0, sql, params).await
+        query_on(&mut self.0, sql, params, true).await
     }
 
     fn is_closed(&self) -> bool {
@@ -192,7 +208,7 @@ impl Driver for SqlxDriver {
     async fn open(&self, spec: &OpenSpec, _on_close: CloseHook) -> Result<SqlxConn, DbError> {
         // sqlx gives no signal when a connection closes by itself; the
         // engine finds out at the next statement (lock validation).
-        let conn = PgConnection::connect_with(&self.options(spec))
+        let conn = PgConnection::connect_with(&self.options(spec)?)
             .await
             .map_err(db_error)?;
         Ok(SqlxConn(conn))
@@ -201,6 +217,32 @@ impl Driver for SqlxDriver {
     async fn pool_query(&self, sql: &str, params: &[Param]) -> Result<Vec<Row>, DbError> {
         let q = bind(sqlx::query(AssertSqlSafe(sql.to_owned())), params);
         let rows = q.fetch_all(&self.pool).await.map_err(db_error)?;
+        rows.iter().map(decode).collect()
+    }
+
+    /// The statement inside an explicit transaction, unnamed
+    /// (`persistent(false)`). sqlx sends even an unnamed statement in two
+    /// round trips — Parse/Describe/Sync, then Bind/Execute/Sync (see
+    /// `prepare` in sqlx-postgres 0.9's `connection/executor.rs`) — and a
+    /// transaction pooler may hand the second to another server connection,
+    /// where the statement does not exist (or, worse, another client's
+    /// unnamed statement does). Inside `BEGIN` … `COMMIT` the pooler keeps
+    /// one server connection throughout; `persistent(false)` leaves no named
+    /// statement behind on it. (sqlx looks up its per-connection statement
+    /// cache by text even for an unnamed query: the engine never runs these
+    /// statements through the persistent path, so nothing is cached.)
+    async fn pool_query_pooler_safe(
+        &self,
+        sql: &str,
+        params: &[Param],
+    ) -> Result<Vec<Row>, DbError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let q = bind(
+            sqlx::query(AssertSqlSafe(sql.to_owned())).persistent(false),
+            params,
+        );
+        let rows = q.fetch_all(&mut *tx).await.map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
         rows.iter().map(decode).collect()
     }
 
@@ -216,7 +258,7 @@ impl Driver for SqlxDriver {
             .max_connections(1)
             .max_lifetime(None)
             .idle_timeout(None)
-            .connect_lazy_with(self.options(spec));
+            .connect_lazy_with(self.options(spec)?);
         let mut listener = PgListener::connect_with(&pool).await.map_err(db_error)?;
         listener.ignore_pool_close_event(true);
         listener.listen(channel).await.map_err(db_error)?;
@@ -235,6 +277,7 @@ impl TxExec for OnConn<'_> {
     }
 
     async fn tx_query(&mut self, sql: &str, params: &[Param]) -> Result<Vec<Row>, DbError> {
-        query_on(self.0, sql, params).await
+        // Unnamed: the fence check also works behind a transaction pooler.
+        query_on(self.0, sql, params, false).await
     }
 }

@@ -61,7 +61,7 @@ use regent_core::Fence;
 use regent_postgres::{PgBackend, Settings, TableName};
 use sqlx::{PgPool, Postgres, Transaction};
 
-pub use builder::{SessionSettings, SqlxBackendBuilder};
+pub use builder::{Mode, SessionSettings, SqlxBackendBuilder};
 pub use driver::{SqlxConn, SqlxDriver, SqlxListener};
 pub use error::SetupError;
 pub use regent_postgres::{FencedError, PgSubscription};

@@ -10,7 +10,7 @@ use crate::TokioPgBackend;
 use crate::connect::connector;
 use crate::error::SetupError;
 
-pub use regent_postgres::SessionSettings;
+pub use regent_postgres::{Mode, SessionSettings};
 
 /// Builds a [`TokioPgBackend`]. Every option has a default; none depends
 /// on a namespace, so one backend (one node) serves any number of namespaces
@@ -90,6 +90,9 @@ impl<T> TokioPgBackendBuilder<T> {
         let mut settings = self.settings.clone();
         settings.table = TableName::new(&self.schema, &self.table)?;
         settings.validate()?;
+        if let Some(url) = &settings.listener_url {
+            url.as_str().parse::<Config>().map_err(SetupError::Url)?;
+        }
         require(
             self.max_pool_connections >= 1,
             "max_pool_connections",
@@ -178,6 +181,19 @@ mod tests {
         assert!(err(b().application_name("")).contains("application_name"));
         assert!(err(b().max_pool_connections(0)).contains("max_pool_connections"));
         assert!(err(b().fenced_idle_timeout(Duration::ZERO)).contains("fenced_idle_timeout"));
+        // A listener URL is lease mode's; session mode refuses it.
+        let direct = "postgres://u@127.0.0.1:5432/db";
+        let e = err(b().listener_url(direct));
+        assert!(
+            e.contains("listener_url") && e.contains("lease_mode()"),
+            "{e}"
+        );
+        assert!(b().lease_mode().listener_url(direct).validate().is_ok());
+        assert!(
+            err(b().lease_mode().listener_url("postgres://h:notaport/x"))
+                .contains("invalid database URL")
+        );
+        assert_eq!(b().lease_mode().validate().unwrap().mode, Mode::Lease);
         assert!(
             b().fenced_idle_timeout(Duration::from_millis(300))
                 .validate()

@@ -38,7 +38,14 @@ impl std::fmt::Debug for TokioPgDriver {
 
 impl TokioPgDriver {
     async fn connect(&self, spec: &OpenSpec) -> Result<(Client, MessageStream), DbError> {
-        (self.connector)(connect_config(&self.config, spec))
+        let base = match &spec.url {
+            // Lease mode's direct listener (checked when the backend was built).
+            Some(url) => url
+                .parse::<Config>()
+                .map_err(|e| DbError::other(format!("invalid listener URL: {}", describe(&e))))?,
+            None => self.config.clone(),
+        };
+        (self.connector)(connect_config(&base, spec))
             .await
             .map_err(|e| db_error(&e))
     }
@@ -111,6 +118,28 @@ fn params_of(params: &[Param]) -> Vec<Box<dyn ToSql + Sync + Send>> {
             }
         })
         .collect()
+}
+
+/// Each parameter with the PostgreSQL type the engine's statements cast it
+/// to, for `query_typed` (which sends no separate Prepare round trip).
+fn typed_params(params: &[Param]) -> Vec<(Box<dyn ToSql + Sync + Send>, Type)> {
+    params_of(params)
+        .into_iter()
+        .zip(params.iter().map(param_type))
+        .collect()
+}
+
+/// The PostgreSQL type of a [`Param`] (as each statement casts it).
+fn param_type(p: &Param) -> Type {
+    match p {
+        Param::Text(_) | Param::OptText(_) => Type::TEXT,
+        Param::Int4(_) => Type::INT4,
+        Param::Int8(_) | Param::OptInt8(_) => Type::INT8,
+        Param::TextArray(_) => Type::TEXT_ARRAY,
+        Param::Int2Array(_) => Type::INT2_ARRAY,
+        Param::Int4Array(_) => Type::INT4_ARRAY,
+        Param::Int8Array(_) => Type::INT8_ARRAY,
+    }
 }
 
 /// Decodes a row by column type into the engine's [`Row`].
@@ -329,6 +358,34 @@ impl Driver for TokioPgDriver {
         query_on(&client, &statement, params).await
     }
 
+    /// `query_typed`: an unnamed statement with explicit parameter types,
+    /// Parse/Bind/Describe/Execute/Sync in one round trip, so a transaction
+    /// pooler cannot move it between server connections half-way and no
+    /// named statement is left on a server connection. (deadpool's
+    /// `prepare_cached` would be unsafe there: its named statements live on
+    /// one server connection, while the pooler hands out any.)
+    async fn pool_query_pooler_safe(
+        &self,
+        sql: &str,
+        params: &[Param],
+    ) -> Result<Vec<Row>, DbError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| DbError::other(format!("no pooled connection: {}", describe(&e))))?;
+        let owned = typed_params(params);
+        let typed: Vec<(&(dyn ToSql + Sync), Type)> = owned
+            .iter()
+            .map(|(b, t)| (b.as_ref() as &(dyn ToSql + Sync), t.clone()))
+            .collect();
+        let rows = client
+            .query_typed(sql, &typed)
+            .await
+            .map_err(|e| db_error(&e))?;
+        rows.iter().map(decode).collect()
+    }
+
     async fn listen(
         &self,
         spec: &OpenSpec,
@@ -386,6 +443,7 @@ mod tests {
             ],
             keepalives: Some((Duration::from_secs(5), Duration::from_secs(2), 3)),
             connect_timeout: Duration::from_secs(7),
+            url: None,
         };
         let c = connect_config(&base, &spec);
         assert_eq!(c.get_application_name(), Some("regent"));

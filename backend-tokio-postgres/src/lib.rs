@@ -99,7 +99,7 @@ use deadpool_postgres::Pool;
 use regent_postgres::{PgBackend, Settings, TableName};
 use tokio_postgres::Config;
 
-pub use builder::{SessionSettings, TokioPgBackendBuilder};
+pub use builder::{Mode, SessionSettings, TokioPgBackendBuilder};
 pub use driver::{TokioPgConn, TokioPgDriver, TokioPgListener};
 pub use error::SetupError;
 pub use fenced::FencedTransaction;

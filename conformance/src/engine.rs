@@ -45,6 +45,17 @@ pub trait Engine: Send + Sync + 'static {
         true
     }
 
+    /// Whether a crashed node's hold on its roles ends with its session,
+    /// before its lease runs out (a session-bound lock), so that a standby
+    /// under [`TakeoverPolicy::Immediate`](regent_core::TakeoverPolicy)
+    /// leads before the old lease ends. An engine with lease rows only
+    /// (PostgreSQL's lease mode) says `false`: a crashed holder cannot be
+    /// told apart from a paused one, so even `Immediate` waits the lease
+    /// out, and `crash_immediate` checks exactly that instead.
+    fn crash_frees_lock(&self) -> bool {
+        true
+    }
+
     /// An operator's way to end a node's session from outside, if the
     /// engine has one.
     fn terminate(&self) -> Option<&dyn Terminate<Self::Node>> {

@@ -9,5 +9,7 @@ CREATE TABLE IF NOT EXISTS "public"."regent_leases" (
     acquired_at  timestamptz NOT NULL,
     renewed_at   timestamptz NOT NULL,
     lease_until  timestamptz NOT NULL,
+    incarnation  text,
     PRIMARY KEY (namespace, role)
 );
+ALTER TABLE "public"."regent_leases" ADD COLUMN IF NOT EXISTS incarnation text;

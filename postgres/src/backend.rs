@@ -15,9 +15,14 @@ use crate::driver::{Conn, DbError, Driver, Param};
 use crate::listen::PgSubscription;
 use crate::ops::{Op, Out, mismatch};
 use crate::session::Engine;
-use crate::{Settings, TableName};
+use crate::{Incarnation, Mode, Settings, TableName};
 
 /// The PostgreSQL backend of regent over the client library `D`.
+///
+/// In [lease mode](Mode::Lease) it holds no connection of its own: every
+/// call is one autocommit statement on the driver's pool (see
+/// [`Mode`]). The rest of this paragraph describes session mode, the
+/// default.
 ///
 /// One value is one *node*: it owns one dedicated session connection
 /// (outside any pool) that carries the advisory locks of all of the node's
@@ -96,12 +101,16 @@ impl<D: Driver> PgBackend<D> {
         self.engine.session_pid()
     }
 
-    /// Creates the lease table (and its schema, unless `public`) if missing.
+    /// Creates the lease table (and its schema, unless `public`) if missing,
+    /// or brings a table of an older version up to date (adds the
+    /// `incarnation` column, see [`crate::upgrade_statements`]).
     ///
     /// Idempotent, and safe when many processes run it at once: it runs in
     /// one transaction, on a connection of its own, under
     /// `pg_advisory_xact_lock`. When the table already exists it does
     /// nothing, so it also works for a role without the `CREATE` privilege.
+    /// It uses the simple query protocol only, so it also runs through a
+    /// transaction pooler.
     /// The same DDL ships as `postgres/sql/regent_leases.sql`.
     pub async fn migrate(&self) -> Result<(), MigrateError> {
         let e = &self.engine;
@@ -113,23 +122,32 @@ impl<D: Driver> PgBackend<D> {
         let spec = e.spec(e.settings.application_name.clone(), &[]);
         let mut conn = e.driver.open(&spec, Box::new(|_| {})).await.map_err(fail)?;
         let result = async {
+            // Simple protocol only: no prepared statement is left behind on
+            // a server connection, so this also works through a
+            // transaction pooler (the transaction keeps one server
+            // connection throughout).
             conn.simple(crate::BEGIN).await?;
-            conn.query(
-                &e.sql.migrate_lock,
-                &[Param::Int8(crate::migrate_lock_key(table))],
-            )
-            .await?;
+            let rows = conn
+                .simple(&crate::migrate_check(table, crate::migrate_lock_key(table)))
+                .await?;
             // Skip the DDL when the table exists: `CREATE ... IF NOT EXISTS`
             // still needs the CREATE privilege, which an application role
             // that only uses a table created by someone else may lack.
-            let rows = conn
-                .query(&e.sql.table_exists, &[Param::Text(table.qualified())])
-                .await?;
-            let present = rows.first().map(|r| r.bool("present")).transpose()?;
-            if present != Some(true) {
-                for stmt in crate::ddl_statements(table) {
-                    conn.simple(&stmt).await?;
-                }
+            let flag = |i: usize| {
+                rows.iter()
+                    .rev()
+                    .find_map(|r| r.get(i).cloned().flatten())
+                    .is_some_and(|v| v == "t")
+            };
+            let (present, current) = (flag(0), flag(1));
+            let todo = match (present, current) {
+                (false, _) => crate::ddl_statements(table),
+                // A table of an older version: add what is missing.
+                (true, false) => crate::upgrade_statements(table),
+                (true, true) => Vec::new(),
+            };
+            for stmt in todo {
+                conn.simple(&stmt).await?;
             }
             conn.simple(crate::COMMIT).await?;
             Ok::<(), DbError>(())
@@ -142,11 +160,25 @@ impl<D: Driver> PgBackend<D> {
     async fn submit(&self, op: Op) -> Result<Out, BackendError> {
         self.engine.submit(op).await
     }
+
+    /// The random id this backend writes into every row it claims; "its
+    /// own lease" is one naming its holder **and** this incarnation.
+    pub fn incarnation(&self) -> &Incarnation {
+        &self.engine.incarnation
+    }
+
+    /// Whether this backend runs in lease mode (see [`Mode`]).
+    pub fn is_lease_mode(&self) -> bool {
+        self.engine.settings.mode == Mode::Lease
+    }
 }
 
 #[async_trait]
 impl<D: Driver> Lock for PgBackend<D> {
     async fn connect(&self) -> Result<(), BackendError> {
+        if self.is_lease_mode() {
+            return self.engine.lm_connect().await;
+        }
         match self.submit(Op::Connect).await? {
             Out::Unit => Ok(()),
             other => Err(mismatch(other)),
@@ -158,6 +190,9 @@ impl<D: Driver> Lock for PgBackend<D> {
         namespace: &Namespace,
         roles: &[Role],
     ) -> Result<TryLockOutcome, BackendError> {
+        if self.is_lease_mode() {
+            return self.engine.lm_try_lock(namespace, roles).await;
+        }
         let op = Op::TryLock {
             ns: namespace.clone(),
             roles: roles.to_vec(),
@@ -169,6 +204,10 @@ impl<D: Driver> Lock for PgBackend<D> {
     }
 
     async fn unlock(&self, namespace: &Namespace, role: &Role) -> Result<(), BackendError> {
+        if self.is_lease_mode() {
+            self.engine.lm_unlock(namespace, role);
+            return Ok(());
+        }
         let op = Op::Unlock {
             ns: namespace.clone(),
             role: role.clone(),
@@ -180,6 +219,9 @@ impl<D: Driver> Lock for PgBackend<D> {
     }
 
     async fn held(&self, namespace: &Namespace, roles: &[Role]) -> Result<Vec<Role>, BackendError> {
+        if self.is_lease_mode() {
+            return self.engine.lm_held(namespace, roles).await;
+        }
         let op = Op::Held {
             ns: namespace.clone(),
             roles: roles.to_vec(),
@@ -191,6 +233,9 @@ impl<D: Driver> Lock for PgBackend<D> {
     }
 
     async fn ping(&self) -> Result<(), BackendError> {
+        if self.is_lease_mode() {
+            return self.engine.lm_ping().await;
+        }
         match self.submit(Op::Ping).await? {
             Out::Unit => Ok(()),
             other => Err(mismatch(other)),
@@ -198,6 +243,10 @@ impl<D: Driver> Lock for PgBackend<D> {
     }
 
     async fn reset(&self) {
+        if self.is_lease_mode() {
+            self.engine.lm_reset();
+            return;
+        }
         self.engine.close_session().await;
     }
 
@@ -223,6 +272,9 @@ impl<D: Driver> Lease for PgBackend<D> {
         holder: &NodeId,
         lease: Duration,
     ) -> Result<ClaimOutcome, BackendError> {
+        if self.is_lease_mode() {
+            return self.engine.lm_claim(namespace, role, holder, lease).await;
+        }
         let op = Op::Claim {
             ns: namespace.clone(),
             role: role.clone(),
@@ -242,6 +294,9 @@ impl<D: Driver> Lease for PgBackend<D> {
         held: &[HeldLease],
         lease: Duration,
     ) -> Result<RenewOutcome, BackendError> {
+        if self.is_lease_mode() {
+            return self.engine.lm_renew(namespace, holder, held, lease).await;
+        }
         let op = Op::Renew {
             ns: namespace.clone(),
             holder: holder.clone(),
@@ -261,6 +316,9 @@ impl<D: Driver> Lease for PgBackend<D> {
         holder: &NodeId,
         term: Term,
     ) -> Result<(), BackendError> {
+        if self.is_lease_mode() {
+            return self.engine.lm_expire(namespace, role, holder, term).await;
+        }
         let op = Op::Expire {
             ns: namespace.clone(),
             role: role.clone(),
@@ -300,18 +358,27 @@ impl<D: Driver> Depose for PgBackend<D> {
 
 #[async_trait]
 impl<D: Driver> Backend for PgBackend<D> {
+    /// Session mode: `LISTEN`/`NOTIFY`. Lease mode: only with a
+    /// [listener URL](Settings::listener_url) — `LISTEN` needs a session,
+    /// which a transaction pooler does not keep — else none, and standbys
+    /// find a released role at their next retry round.
     fn notifier(&self) -> Option<&dyn Notify> {
-        Some(self)
+        let listens = !self.is_lease_mode() || self.engine.settings.listener_url.is_some();
+        listens.then_some(self as &dyn Notify)
     }
 
+    /// Session mode: terminating a zombie's backend. Lease mode: none — no
+    /// lock outlives its lease, so there is nobody to depose.
     fn deposer(&self) -> Option<&dyn Depose> {
-        Some(self)
+        (!self.is_lease_mode()).then_some(self as &dyn Depose)
     }
 
-    /// Ends the lease, unlocks and publishes the release in **one**
-    /// statement on the session (see [`crate::Statements::release`]): one
-    /// round trip instead of three, and the notification still reaches
-    /// standbys only after the lock is free.
+    /// Session mode: ends the lease, unlocks and publishes the release in
+    /// **one** statement on the session (see [`crate::Statements::release`]):
+    /// one round trip instead of three, and the notification still reaches
+    /// standbys only after the lock is free. Lease mode: ends the lease
+    /// (with no term given, the claim this backend committed for the role
+    /// and nobody led with).
     async fn release(
         &self,
         namespace: &Namespace,
@@ -319,6 +386,9 @@ impl<D: Driver> Backend for PgBackend<D> {
         holder: &NodeId,
         term: Option<Term>,
     ) -> Result<Released, BackendError> {
+        if self.is_lease_mode() {
+            return self.engine.lm_release(namespace, role, holder, term).await;
+        }
         let op = Op::Release {
             ns: namespace.clone(),
             role: role.clone(),

@@ -214,6 +214,11 @@ pub struct OpenSpec {
     pub keepalives: Option<(Duration, Duration, u32)>,
     /// Upper bound for establishing the connection.
     pub connect_timeout: Duration,
+    /// Connect to this URL instead of the driver's own connection settings
+    /// (lease mode's direct listener, past the pooler; see
+    /// [`Settings::listener_url`](crate::Settings::listener_url)). The
+    /// driver's TLS setup still applies.
+    pub url: Option<String>,
 }
 
 /// Called by a driver at most once, when it sees a dedicated connection end
@@ -271,8 +276,24 @@ pub trait Driver: Send + Sync + 'static {
     async fn open(&self, spec: &OpenSpec, on_close: CloseHook) -> Result<Self::Conn, DbError>;
 
     /// Runs one statement (one autocommit transaction) on a pooled
-    /// connection.
+    /// connection. A driver may prepare and cache it per connection.
     async fn pool_query(&self, sql: &str, params: &[Param]) -> Result<Vec<Row>, DbError>;
+
+    /// Runs one statement as one transaction on a pooled connection, in a
+    /// way that is safe behind a transaction pooler (PgBouncer
+    /// `pool_mode=transaction`), which hands each transaction — and each
+    /// round trip outside one — whatever server connection is free: no
+    /// named prepared statement, and nothing split across round trips
+    /// outside a transaction (an unnamed statement parsed in one round trip
+    /// and bound in the next can land on another server connection). For
+    /// example: Parse, Bind, Describe, Execute and Sync in one round trip
+    /// (tokio-postgres' `query_typed`), or the statement inside an
+    /// explicit `BEGIN` … `COMMIT`. Lease mode runs every statement with it.
+    async fn pool_query_pooler_safe(
+        &self,
+        sql: &str,
+        params: &[Param],
+    ) -> Result<Vec<Row>, DbError>;
 
     /// Opens a dedicated connection with `spec` and runs `LISTEN` for
     /// `channel` on it (`listen_sql` is the statement to run).

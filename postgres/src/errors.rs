@@ -14,6 +14,10 @@ use regent_core::BackendError;
 /// vanished).
 pub const SQLSTATE_INVALID_SQL_STATEMENT_NAME: &str = "26000";
 
+/// SQLSTATE `42703`: undefined_column (a lease table from before a column
+/// was added; `migrate()` adds it).
+pub const SQLSTATE_UNDEFINED_COLUMN: &str = "42703";
+
 /// A message for an error that no retry can fix, if `sqlstate` is one;
 /// `detail` describes the error.
 pub fn misconfiguration(sqlstate: Option<&str>, table: &TableName, detail: &str) -> Option<String> {
@@ -22,8 +26,13 @@ pub fn misconfiguration(sqlstate: Option<&str>, table: &TableName, detail: &str)
         SQLSTATE_INSUFFICIENT_PRIVILEGE => Some(privilege_error(table, detail)),
         SQLSTATE_INVALID_SQL_STATEMENT_NAME => Some(format!(
             "{detail}: prepared statements vanished between round trips, which happens behind \
-             a connection pooler in transaction mode (PgBouncer `pool_mode=transaction`); use \
-             `pool_mode=session` for regent's connection, or connect to PostgreSQL directly"
+             a connection pooler in transaction mode (PgBouncer `pool_mode=transaction`). {}",
+            crate::POOLER_FIXES
+        )),
+        SQLSTATE_UNDEFINED_COLUMN => Some(format!(
+            "{detail}: the lease table {table} was created by an older regent and lacks the \
+             `incarnation` column: run `regent migrate` (or call `migrate()` on the backend) \
+             once more, or apply postgres/sql/regent_leases.sql again, to add it"
         )),
         // invalid_authorization_specification, invalid_password, unknown database
         "28000" | "28P01" | "3D000" => Some(format!(
@@ -87,6 +96,12 @@ mod tests {
         assert!(auth.starts_with("bad password: check the user"), "{auth}");
         let pooled = misconfiguration(Some("26000"), &t, "x").unwrap();
         assert!(pooled.contains("pool_mode=session"), "{pooled}");
+        assert!(pooled.contains("lease_mode()"), "{pooled}");
+        let old = misconfiguration(Some(SQLSTATE_UNDEFINED_COLUMN), &t, "x").unwrap();
+        assert!(
+            old.contains("incarnation") && old.contains("migrate"),
+            "{old}"
+        );
         assert!(session_error(None, &t, "boom".into()).is_session_lost());
         assert!(pool_error(None, &t, "boom".into()).is_retryable());
         assert!(!pool_error(Some("42501"), &t, "denied".into()).is_retryable());

@@ -141,7 +141,8 @@ macro_rules! forward_backend {
 
 /// The builder options every adapter shares, written once: expands to
 /// `schema`, `table`, `application_name`, `statement_timeout`,
-/// `tcp_keepalives`, `fenced_idle_timeout` and `session_settings` setters
+/// `tcp_keepalives`, `fenced_idle_timeout`, `lease_mode`, `mode`,
+/// `listener_url` and `session_settings` setters
 /// inside an adapter builder's `impl` block. The builder needs fields
 /// `schema: String`, `table: String` and `settings:`
 /// [`Settings`](crate::Settings).
@@ -199,6 +200,36 @@ macro_rules! settings_setters {
         /// at least 1 ms.
         pub fn fenced_idle_timeout(mut self, timeout: ::std::time::Duration) -> Self {
             self.settings.fenced_idle_timeout = timeout;
+            self
+        }
+
+        /// Selects lease mode: mutual exclusion from a compare-and-set on
+        /// the lease row instead of advisory locks, every statement one
+        /// autocommit transaction on the pool, so elections work through a
+        /// transaction pooler (PgBouncer `pool_mode=transaction`). Standbys
+        /// notice a release at their next retry round. See
+        /// [`Mode`]($crate::Mode) for what each mode costs and guarantees.
+        pub fn lease_mode(self) -> Self {
+            self.mode($crate::Mode::Lease)
+        }
+
+        /// Lease mode only: release listeners connect to `url` directly,
+        /// past the transaction pooler (which cannot carry `LISTEN`), so
+        /// standbys take over a released role at once instead of at their
+        /// next retry round. Releases are still published through the pool
+        /// (`pg_notify` is transactional and works through a pooler). One
+        /// listening connection per namespace the node campaigns in; if it
+        /// cannot connect, standbys fall back to polling. Setting it in
+        /// session mode is refused when the backend is built.
+        pub fn listener_url(mut self, url: &str) -> Self {
+            self.settings.listener_url = Some($crate::ListenerUrl::new(url));
+            self
+        }
+
+        /// Session mode (the default) or lease mode; see
+        /// [`Mode`]($crate::Mode).
+        pub fn mode(mut self, mode: $crate::Mode) -> Self {
+            self.settings.mode = mode;
             self
         }
 

@@ -9,7 +9,7 @@ use regent_core::{BackendError, DbTimestamp, LeaseRecord, Namespace, PreemptOutc
 use crate::driver::{DbError, Driver, Param, Row};
 use crate::ops::db_now;
 use crate::session::Engine;
-use crate::{AdvisoryKey, LeaseRow, SQLSTATE_INSUFFICIENT_PRIVILEGE};
+use crate::{AdvisoryKey, LeaseRow, Mode, SQLSTATE_INSUFFICIENT_PRIVILEGE};
 
 /// The lease columns of `row` (see [`crate::Statements`]) as the record of
 /// `role` in `namespace`; `None` when the row's `holder` is `NULL` (a
@@ -64,12 +64,31 @@ impl<D: Driver> Engine<D> {
 
     /// One statement on the pool, bounded by the call timeout.
     pub(crate) async fn pool(&self, sql: &str, params: &[Param]) -> Result<Vec<Row>, BackendError> {
-        let limit = self.settings.call_timeout();
-        match tokio::time::timeout(limit, self.driver.pool_query(sql, params)).await {
-            Ok(Ok(rows)) => Ok(rows),
-            Ok(Err(e)) => Err(self.pool_error(&e)),
-            Err(_) => Err(BackendError::Timeout(limit)),
+        match self.pool_rows(sql, params).await? {
+            Ok(rows) => Ok(rows),
+            Err(e) => Err(self.pool_error(&e)),
         }
+    }
+
+    /// One statement on the pool, bounded by the call timeout (the outer
+    /// error), with the database's own error left to the caller. In lease
+    /// mode it goes through [`Driver::pool_query_pooler_safe`], so it works
+    /// behind a transaction pooler.
+    pub(crate) async fn pool_rows(
+        &self,
+        sql: &str,
+        params: &[Param],
+    ) -> Result<Result<Vec<Row>, DbError>, BackendError> {
+        let limit = self.settings.call_timeout();
+        let call = async {
+            match self.settings.mode {
+                Mode::Session => self.driver.pool_query(sql, params).await,
+                Mode::Lease => self.driver.pool_query_pooler_safe(sql, params).await,
+            }
+        };
+        tokio::time::timeout(limit, call)
+            .await
+            .map_err(|_| BackendError::Timeout(limit))
     }
 
     pub(crate) async fn read(

@@ -50,10 +50,16 @@ impl<D: Driver> PgSubscription<D> {
 /// Opens a listener on `channel`.
 async fn listen<D: Driver>(e: &Engine<D>, channel: &str) -> Result<D::Listener, BackendError> {
     {
-        let spec = e.spec(
+        let mut spec = e.spec(
             e.settings.listen_application_name(),
             &e.settings.keepalive_gucs(),
         );
+        // Lease mode's direct listener, past the pooler.
+        spec.url = e
+            .settings
+            .listener_url
+            .as_ref()
+            .map(|u| u.as_str().to_owned());
         let limit = e.settings.call_timeout();
         let sql = crate::listen(channel);
         match tokio::time::timeout(limit, e.driver.listen(&spec, channel, &sql)).await {

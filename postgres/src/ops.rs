@@ -107,6 +107,11 @@ pub(crate) fn db_now(row: &Row) -> Result<DbTimestamp, DbError> {
 }
 
 impl<D: Driver> Engine<D> {
+    /// This backend's incarnation as a statement parameter.
+    pub(crate) fn incarnation_param(&self) -> Param {
+        Param::Text(self.incarnation.as_str().to_owned())
+    }
+
     /// Maps an error of a statement that touches locks: the session goes.
     fn lock_error(&self, e: BoundedError) -> BackendError {
         match e {
@@ -209,6 +214,7 @@ impl<D: Driver> Engine<D> {
                     Param::Text(role.as_str().to_owned()),
                     Param::Text(holder.as_str().to_owned()),
                     Param::Int8(crate::term_to_db(term)),
+                    self.incarnation_param(),
                 ];
                 self.q(s, &sql, &params)
                     .await
@@ -267,6 +273,7 @@ impl<D: Driver> Engine<D> {
                 let sql = self.sql.expire.clone();
                 let mut params = owned.to_vec();
                 params.push(Param::Int8(crate::term_to_db(term)));
+                params.push(self.incarnation_param());
                 self.q(s, &sql, &params)
                     .await
                     .map_err(|e| self.dml_error(e))?;
@@ -282,6 +289,7 @@ impl<D: Driver> Engine<D> {
             Param::Int4(key.role),
             Param::Text(crate::notify_channel(ns)),
             Param::OptInt8(floor_us),
+            self.incarnation_param(),
         ]);
         let rows = self
             .q(s, &sql, &params)
@@ -301,18 +309,7 @@ impl<D: Driver> Engine<D> {
             .q(s, &sql, &[Param::Text(self.settings.table.qualified())])
             .await
             .map_err(|e| self.dml_error(e))?;
-        let present = rows
-            .first()
-            .map(|r| r.bool("present"))
-            .transpose()
-            .map_err(|e| crate::unreadable_row(&e.to_string()))?;
-        if present == Some(true) {
-            Ok(())
-        } else {
-            Err(BackendError::Misconfigured(crate::missing_table_error(
-                &self.settings.table,
-            )))
-        }
+        crate::lease_mode::table_state(&rows, &self.settings.table)
     }
 
     async fn try_lock(
@@ -438,6 +435,7 @@ impl<D: Driver> Engine<D> {
                     Param::Text(role.as_str().to_owned()),
                     Param::Text(holder.as_str().to_owned()),
                     Param::Int8(crate::micros(lease)),
+                    self.incarnation_param(),
                 ],
             )
             .await
@@ -483,6 +481,7 @@ impl<D: Driver> Engine<D> {
                     Param::TextArray(roles),
                     Param::Int8Array(terms),
                     Param::Int8(crate::micros(lease)),
+                    self.incarnation_param(),
                 ],
             )
             .await

@@ -42,7 +42,7 @@ use tokio::sync::{Mutex, oneshot, watch};
 
 use crate::driver::{CloseHook, Conn, DbError, Driver, OpenSpec};
 use crate::ops::{Op, Out};
-use crate::{AdvisoryKey, SessionSettings, Settings, Statements};
+use crate::{AdvisoryKey, Incarnation, SessionSettings, Settings, Statements};
 
 /// Who learned that a session closed by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +100,12 @@ pub(crate) struct Engine<D: Driver> {
     pub(crate) driver: D,
     pub(crate) settings: Settings,
     pub(crate) sql: Statements,
+    /// Written into every row this backend claims (see [`Incarnation`]).
+    pub(crate) incarnation: Incarnation,
+    /// Lease mode: what stands in for the locks (see
+    /// [`LeaseLock`](crate::lease_mode::LeaseLock)).
+    pub(crate) lease_locks:
+        std::sync::Mutex<HashMap<crate::lease_mode::LockKey, crate::lease_mode::LeaseLock>>,
     slot: Mutex<Slot<D::Conn>>,
     health: watch::Sender<Health>,
     next_generation: AtomicU64,
@@ -113,6 +119,8 @@ impl<D: Driver> Engine<D> {
         let (health, _) = watch::channel(Health::default());
         Self {
             sql: Statements::new(&settings.table),
+            incarnation: Incarnation::random(),
+            lease_locks: std::sync::Mutex::new(HashMap::new()),
             driver,
             settings,
             slot: Mutex::new(Slot {
@@ -344,6 +352,7 @@ impl<D: Driver> Engine<D> {
             },
             keepalives: Some((s.keepalives_idle, s.keepalives_interval, s.keepalives_count)),
             connect_timeout: s.call_timeout(),
+            url: None,
         }
     }
 

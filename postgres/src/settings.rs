@@ -23,6 +23,63 @@ pub enum SessionSettings {
     SetCommands,
 }
 
+/// How the engine keeps two nodes from leading the same role at once.
+///
+/// | | [`Mode::Session`] (default) | [`Mode::Lease`] |
+/// |---|---|---|
+/// | mutual exclusion | advisory lock on one session per node, plus the lease row | compare-and-set on the lease row in database time |
+/// | server connections per node | session + listener + pool | pool only (no connection held between statements) |
+/// | transaction pooler (PgBouncer `pool_mode=transaction`) | refused at start | works |
+/// | handover after a resign | at once (`LISTEN`/`NOTIFY`) | at the standbys' next retry round |
+/// | crashed leader replaced after | its lease (`WaitForLease`), at once (`Immediate`) | its lease, under either policy |
+/// | deposing zombies, lock-loss detection | yes | nothing to depose, no session to lose |
+///
+/// Under [`TakeoverPolicy::WaitForLease`](regent_core::TakeoverPolicy) both
+/// modes give the same guarantee: a new leader's claim commits only after
+/// the old lease ended in database time, by when the old leader stepped
+/// down at its local deadline. In lease mode a claim *cannot* succeed any
+/// earlier — without a lock, a crashed holder cannot be told apart from a
+/// paused one — so `Immediate` leads no sooner there than `WaitForLease`.
+/// Every node of one namespace must use the same mode. `preempt_zombies`
+/// has nothing to do in lease mode (no lock outlives its lease, and the
+/// backend offers no deposer); release notifications need a direct
+/// [`listener_url`](Settings::listener_url) there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Session-level advisory locks on one dedicated connection per node
+    /// (DESIGN §4). Needs a direct connection or a pooler in session mode.
+    #[default]
+    Session,
+    /// Lease rows only: every statement is one autocommit transaction on
+    /// the pool, so it works through transaction poolers (PgBouncer
+    /// `pool_mode=transaction`, RDS Proxy, Supavisor).
+    Lease,
+}
+
+/// A direct (unpooled) connection URL for lease mode's release listener;
+/// its `Debug` hides everything after the scheme (it may hold a password).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ListenerUrl(String);
+
+impl ListenerUrl {
+    /// Wraps `url` (parsed by the driver when the backend is built).
+    pub fn new(url: &str) -> Self {
+        Self(url.to_owned())
+    }
+
+    /// The URL.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ListenerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = self.0.split("://").next().unwrap_or("");
+        write!(f, "ListenerUrl({scheme}://…)")
+    }
+}
+
 /// A builder option out of range: which option, and the rule it broke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[error("invalid option `{field}`: {rule}")]
@@ -56,6 +113,12 @@ pub struct Settings {
     /// `SET LOCAL idle_in_transaction_session_timeout` and
     /// `statement_timeout` ([`Settings::fenced_gucs`]).
     pub fenced_idle_timeout: Duration,
+    /// Session mode (advisory locks) or lease mode (lease rows only).
+    pub mode: Mode,
+    /// Lease mode only: where release listeners connect directly (past the
+    /// pooler), which brings `LISTEN`/`NOTIFY`-speed handover back. `None`:
+    /// lease mode has no notifications and standbys poll.
+    pub listener_url: Option<ListenerUrl>,
 }
 
 impl Default for Settings {
@@ -69,6 +132,8 @@ impl Default for Settings {
             keepalives_count: 3,
             session_settings: SessionSettings::StartupOptions,
             fenced_idle_timeout: Duration::from_secs(10),
+            mode: Mode::Session,
+            listener_url: None,
         }
     }
 }
@@ -109,6 +174,12 @@ impl Settings {
                 && self.fenced_idle_timeout <= Duration::from_millis(MAX_GUC_MS),
             "fenced_idle_timeout",
             "must be at least 1 ms and at most 2147483647 ms",
+        )?;
+        require(
+            self.listener_url.is_none() || self.mode == Mode::Lease,
+            "listener_url",
+            "applies to lease mode only (session mode already listens on a direct connection \
+             of its own); add `.lease_mode()` or drop the listener URL",
         )?;
         let name = &self.application_name;
         require(
@@ -249,6 +320,15 @@ mod tests {
             };
             assert_eq!(field(st), "fenced_idle_timeout");
         }
+        let listener = |mode| Settings {
+            listener_url: Some(ListenerUrl::new("postgres://u:secret@h/db")),
+            mode,
+            ..Settings::default()
+        };
+        assert_eq!(field(listener(Mode::Session)), "listener_url");
+        assert_eq!(listener(Mode::Lease).validate(), Ok(()));
+        let shown = format!("{:?}", listener(Mode::Lease).listener_url);
+        assert!(!shown.contains("secret"), "{shown}");
         let e = OptionError {
             field: "x",
             rule: "y",

@@ -47,6 +47,19 @@ pub trait PgFactory: Send + Sync + 'static {
     /// `pg_backend_pid()` of the node's lock session, while one is open.
     fn session_pid(&self, node: &Self::Node) -> Option<i32>;
 
+    /// Whether the nodes run in lease mode: no session to terminate, so the
+    /// kit skips exactly those scenarios (and notifications only with a
+    /// direct listener, see [`PgFactory::notifies`]).
+    fn lease_mode(&self) -> bool {
+        false
+    }
+
+    /// Whether the nodes get release notifications: always in session
+    /// mode, in lease mode only with a direct listener URL.
+    fn notifies(&self) -> bool {
+        !self.lease_mode()
+    }
+
     /// Opens a fenced transaction for `token` whose appends go to
     /// [`LOG_TABLE`] with [`APPEND_SQL`].
     async fn fenced(
@@ -116,8 +129,19 @@ impl<F: PgFactory> Engine for Pg<F> {
         tx.commit().await.map_err(|e| e.to_string())
     }
 
+    fn notifies_releases(&self) -> bool {
+        // Lease mode has no LISTEN unless a direct listener URL is set.
+        self.factory.notifies()
+    }
+
+    fn crash_frees_lock(&self) -> bool {
+        // Lease mode has no lock: every takeover waits the lease out.
+        !self.factory.lease_mode()
+    }
+
     fn terminate(&self) -> Option<&dyn Terminate<F::Node>> {
-        Some(self)
+        // Lease mode keeps no session that an operator could end.
+        (!self.factory.lease_mode()).then_some(self as &dyn Terminate<F::Node>)
     }
 
     fn fencing(&self) -> Option<&dyn Fencing<F::Node>> {
@@ -188,6 +212,73 @@ impl<F: PgFactory> Fencing<F::Node> for Pg<F> {
     }
 }
 
+/// Where a factory's nodes connect and how: the database directly in
+/// session or lease mode, or lease mode through a private PgBouncer in
+/// transaction mode (kept running as long as the target lives). The admin
+/// pool always connects directly.
+pub struct Target {
+    /// The URL the nodes use.
+    pub node_url: String,
+    /// Whether the nodes run in lease mode.
+    pub lease: bool,
+    /// The PgBouncer in between, if any.
+    pub bouncer: Option<crate::support::pgbouncer::PgBouncer>,
+    /// Lease mode's direct listener URL, if any.
+    pub listener_url: Option<String>,
+}
+
+impl Target {
+    /// Directly, in session mode (the default).
+    pub fn session(url: &str) -> Self {
+        Self {
+            node_url: url.to_owned(),
+            lease: false,
+            bouncer: None,
+            listener_url: None,
+        }
+    }
+
+    /// Directly, in lease mode.
+    pub fn lease(url: &str) -> Self {
+        Self {
+            lease: true,
+            ..Self::session(url)
+        }
+    }
+
+    /// Lease mode through a new PgBouncer in `pool_mode=transaction` in
+    /// front of the server of `url`.
+    pub fn lease_through_pgbouncer(url: &str) -> Self {
+        use std::str::FromStr;
+        let opts = sqlx::postgres::PgConnectOptions::from_str(url).expect("valid DATABASE_URL");
+        let db = opts.get_database().unwrap_or("postgres").to_owned();
+        let bouncer = crate::support::pgbouncer::PgBouncer::start(
+            opts.get_port(),
+            crate::support::pgbouncer::PoolMode::Transaction,
+        );
+        Self {
+            node_url: bouncer.url(&db),
+            lease: true,
+            bouncer: Some(bouncer),
+            listener_url: None,
+        }
+    }
+
+    /// As [`Target::lease_through_pgbouncer`], with release listeners
+    /// connecting to `url` directly (NOTIFY-speed handover).
+    pub fn lease_through_pgbouncer_listening_directly(url: &str) -> Self {
+        Self {
+            listener_url: Some(url.to_owned()),
+            ..Self::lease_through_pgbouncer(url)
+        }
+    }
+
+    /// Whether the nodes get release notifications.
+    pub fn notifies(&self) -> bool {
+        !self.lease || self.listener_url.is_some()
+    }
+}
+
 /// An admin pool on the database under test.
 pub async fn admin(url: &str) -> PgPool {
     PgPoolOptions::new()
@@ -195,6 +286,22 @@ pub async fn admin(url: &str) -> PgPool {
         .connect(url)
         .await
         .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url}: {e}"))
+}
+
+/// Generates one `#[tokio::test]` per PostgreSQL-only scenario that also
+/// holds in lease mode, for a lease-mode factory expression (the others are
+/// about sessions, advisory locks and zombies, which lease mode has none of).
+#[macro_export]
+macro_rules! pg_lease_tests {
+    ($factory:expr) => {
+        $crate::pg_conformance_tests!(@each $factory;
+            concurrent_migrate,
+            migrate_upgrades_an_old_table,
+            same_node_id_is_not_the_same_holder,
+            resign_hands_over_by_polling,
+            abandoned_claim_is_ended,
+        );
+    };
 }
 
 /// Generates one `#[tokio::test]` per PostgreSQL-only scenario for a
@@ -209,6 +316,8 @@ macro_rules! pg_conformance_tests {
             many_roles_one_session,
             concurrent_migrate,
             all_connections_dropped_then_recovery,
+            migrate_upgrades_an_old_table,
+            same_node_id_is_not_the_same_holder,
         );
     };
     (@each $factory:expr; $($name:ident),* $(,)?) => {
