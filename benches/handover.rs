@@ -16,7 +16,8 @@
 //!
 //! `cargo bench --features tokio-postgres --bench handover` runs both
 //! drivers (`HANDOVER_DRIVERS=sqlx` or `tokio-postgres` for one);
-//! `HANDOVER_CYCLES` changes 200, `HANDOVER_TRACE=1` prints every cycle.
+//! `HANDOVER_CYCLES` changes 200, `HANDOVER_TRACE=1` prints every cycle,
+//! `RUST_LOG=regent_core=debug` the engine's logs.
 
 mod common;
 #[path = "../tests/support/mod.rs"]
@@ -75,6 +76,12 @@ async fn one_of_leads(handles: &[LeaderHandle], mode: Mode) -> usize {
 }
 
 fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

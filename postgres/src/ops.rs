@@ -238,7 +238,8 @@ impl<D: Driver> Engine<D> {
     /// Ends the lease, unlocks and notifies in one statement (see
     /// [`crate::Statements::release`]). Returns whether the notification
     /// went out: not when this session did not hold the lock (then only
-    /// the lease is ended).
+    /// the lease is ended), and not for a lock held without a claim (the
+    /// machine does not announce that either).
     ///
     /// With `term`, the lease ends now. Without one — the caller gave up on
     /// a claim that may have committed, or releases before its wait for
@@ -296,11 +297,11 @@ impl<D: Driver> Engine<D> {
             .await
             .map_err(|e| self.lock_error(e))?;
         s.held.remove(&key);
-        let unlocked = rows.first().map(|r| r.bool("unlocked"));
-        if !matches!(unlocked, Some(Ok(true))) {
+        let row = rows.first();
+        if !matches!(row.map(|r| r.bool("unlocked")), Some(Ok(true))) {
             tracing::warn!(%ns, %role, "advisory lock was not held at release");
         }
-        Ok(true)
+        Ok(matches!(row.map(|r| r.int("notified")), Some(Ok(1))))
     }
 
     async fn check_table(&self, s: &mut Session<D::Conn>) -> Result<(), BackendError> {

@@ -67,13 +67,15 @@ pub struct Statements {
     pub unlock: String,
     /// Release in one round trip: `$1 ns, $2 role, $3 holder, $4 term int8
     /// or NULL (do not expire), $5 ns_key int4, $6 role_key int4, $7 channel
-    /// text, $8 floor_us int8 or NULL, $9 incarnation` → one row: `expired int8` (rows
-    /// expired), `unlocked bool`. Ends the lease if holder and term match —
-    /// now, or at `floor_us` if that is later (the end of the lease a claim
-    /// replaced) — *then* unlocks (the unlock reads the expiry's result),
-    /// then queues the release notification, which PostgreSQL delivers at
-    /// commit: after the lock is free and the expiry visible, as DESIGN §2
-    /// rule 5 requires.
+    /// text, $8 floor_us int8 or NULL, $9 incarnation` → one row: `expired
+    /// int8` (rows expired), `unlocked bool`, `notified int8` (0 or 1).
+    /// Ends the lease if holder and term match — now, or at `floor_us` if
+    /// that is later (the end of the lease a claim replaced) — *then*
+    /// unlocks (the unlock reads the expiry's result), then, only when a
+    /// term is given (this node claimed one), queues the release
+    /// notification, which PostgreSQL delivers at commit: after the lock is
+    /// free and the expiry visible, as DESIGN §2 rule 5 requires. A lock
+    /// held for an instant without a claim is not announced.
     pub release: String,
     /// `$1 ns, $2 roles text[]` → at least one row: `db_now_us, role,`
     /// lease columns; `role` is NULL in the single row when nothing matched.
@@ -253,7 +255,8 @@ impl Statements {
              AND term = $4::int8 AND incarnation = $9::text RETURNING 1), \
              done AS (SELECT count(*) AS n FROM expired) \
              SELECT d.n AS expired, pg_advisory_unlock($5::int4, $6::int4) AS unlocked, \
-             pg_notify($7::text, $2::text) AS notified FROM done AS d"
+             (SELECT count(*) FROM (SELECT pg_notify($7::text, $2::text) \
+             WHERE $4::int8 IS NOT NULL) AS n) AS notified FROM done AS d"
         );
         let read = format!(
             "SELECT {now_us} AS db_now_us, l.role AS role, {} \

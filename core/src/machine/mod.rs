@@ -50,7 +50,9 @@ enum Pending {
     Ping,
     /// The role and the zombie holder's node id.
     Preempt(Role, LeaseRecord),
-    Release(Role, u64),
+    /// The role, its lock epoch, and whether this node had claimed a term
+    /// (only then is the release announced).
+    Release(Role, u64, bool),
     /// Ending this node's own lease of a term it lost (the lock is not
     /// held); see `RoleEntry::own_expiry`.
     ExpireOwn(Role),

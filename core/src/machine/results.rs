@@ -90,7 +90,7 @@ impl Machine {
                 self.on_preempt(&role, lease, out)
             }
             (
-                Pending::Release(role, epoch),
+                Pending::Release(role, epoch, claimed),
                 Ok(out @ (CommandOutput::Released | CommandOutput::ReleasedAndNotified)),
             ) => {
                 if self.current(&role, epoch) {
@@ -107,8 +107,9 @@ impl Machine {
                     }
                     self.bump_epoch(&role);
                     // Only now is the lock free: tell the standbys (unless
-                    // the engine already did, after freeing it).
-                    if out == CommandOutput::Released {
+                    // the engine already did, after freeing it, or this
+                    // node never claimed a term with the lock).
+                    if out == CommandOutput::Released && claimed {
                         let id = self.next_id();
                         self.send(
                             Command::Notify {
@@ -143,7 +144,7 @@ impl Machine {
                     en.own_expiry = None;
                 }
             }
-            (Pending::Release(role, epoch), Err(e)) => {
+            (Pending::Release(role, epoch, _), Err(e)) => {
                 if self.current(&role, epoch) {
                     self.mark_unknown(&role, StepDownReason::LockLost);
                 }

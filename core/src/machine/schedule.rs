@@ -348,7 +348,7 @@ impl Machine {
     /// Whether a claim or release of `role` is in flight, current or not.
     pub(super) fn lock_command_in_flight(&self, role: &Role) -> bool {
         self.kind_in_flight(|p| {
-            matches!(p, Pending::Claim(r, _) | Pending::Release(r, _) | Pending::ExpireOwn(r) if r == role)
+            matches!(p, Pending::Claim(r, _) | Pending::Release(r, _, _) | Pending::ExpireOwn(r) if r == role)
         })
     }
 

@@ -116,6 +116,12 @@ impl Machine {
                 // passed: before that, an expired row would let the next
                 // holder lead at once, while the predecessor may still lead.
                 let term = e.term.filter(|_| e.lead_at.is_some_and(|t| self.now >= t));
+                // Announce only the release of a term this node claimed: a
+                // lock held for an instant (a claim that was busy, or lost)
+                // was never taken over from anyone, and a resigned node's
+                // hold-off reads a second release as "the node that took
+                // over let go" (see `handle_release_notified`).
+                let claimed = e.term.is_some();
                 let epoch = e.lock_epoch;
                 let id = self.next_id();
                 self.send(
@@ -124,7 +130,7 @@ impl Machine {
                         role: role.clone(),
                         term,
                     },
-                    Pending::Release(role.clone(), epoch),
+                    Pending::Release(role.clone(), epoch, claimed),
                 );
             }
             LockHold::NotHeld => self.finish(role),

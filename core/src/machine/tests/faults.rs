@@ -50,7 +50,8 @@ fn try_lock_error_validates_and_unlocks_a_lock_that_was_granted() {
     m.handle_result(ms(20), id(2), validated(&[&a]));
     assert_eq!(drain(&mut m), vec![release_cmd(3, &a, None)]);
     m.handle_result(ms(30), id(3), Ok(CommandOutput::Released));
-    assert_eq!(drain(&mut m), vec![notify_cmd(4, &a)]);
+    // Never claimed: freed without an announcement.
+    assert_eq!(drain(&mut m), vec![]);
     assert_eq!(events(&mut m), vec![]);
     assert_eq!(m.state(&a), Some(RoleState::Follower));
     assert_eq!(m.poll_timeout(), Some(ms(1030)));
@@ -125,8 +126,48 @@ fn claim_error_gives_the_lock_back() {
     assert_eq!(events(&mut m), vec![failed("claim", &err)]);
     assert_eq!(drain(&mut m), vec![release_cmd(3, &a, None)]);
     m.handle_result(ms(30), id(3), Ok(CommandOutput::Released));
-    assert_eq!(drain(&mut m), vec![notify_cmd(4, &a)]);
+    // No claim, nothing taken over: the release is not announced.
+    assert_eq!(drain(&mut m), vec![]);
     assert_eq!(m.state(&a), Some(RoleState::Follower));
+}
+
+/// Issue 10 item 11, the rare resign that left the role leaderless: a
+/// standby's try-lock lands between the resigning leader's unlock and its
+/// commit, so its claim finds the row still locked (`Busy`) and it lets the
+/// lock go again. It used to announce that release; the resigned leader,
+/// whose hold-off had already seen the echo of its own release, took the
+/// second one for "the node that took over released", tried at once, won,
+/// and led again — while the standbys waited for the next retry round and
+/// found it leading. A lock held without a claim is no longer announced.
+#[test]
+fn a_busy_claim_releases_without_announcing() {
+    let mut m = machine();
+    let a = r("a");
+    m.add_role(ms(0), a.clone());
+    drain(&mut m);
+    m.handle_result(ms(10), id(1), granted(db(10), &[&a]));
+    drain(&mut m);
+    let busy = BackendError::Busy("the lease row is locked".to_owned());
+    m.handle_result(ms(20), id(2), Err(busy.clone()));
+    assert_eq!(events(&mut m), vec![failed("claim", &busy)]);
+    assert_eq!(drain(&mut m), vec![release_cmd(3, &a, None)]);
+    m.handle_result(ms(30), id(3), Ok(CommandOutput::Released));
+    assert_eq!(
+        drain(&mut m),
+        vec![],
+        "a lock held without a claim was announced"
+    );
+    // The resigned node's side: its own echo, then a release by a node that
+    // really took over, ends its hold-off; nothing else does.
+    let mut old = machine();
+    lead(&mut old, &a);
+    old.handle_resign(ms(100), &a);
+    old.handle_drained(ms(100), &a);
+    drain(&mut old);
+    old.handle_result(ms(110), id(3), Ok(CommandOutput::Released));
+    drain(&mut old);
+    old.handle_release_notified(ms(120), &a); // its own echo
+    assert_eq!(drain(&mut old), vec![]);
 }
 
 #[test]
@@ -538,6 +579,7 @@ fn release_is_sent_again_when_an_earlier_one_went_stale() {
     m.handle_timeout(ms(3520));
     assert_eq!(drain(&mut m), vec![release_cmd(8, &a, None)]);
     m.handle_result(ms(3530), id(8), Ok(CommandOutput::Released));
-    assert_eq!(drain(&mut m), vec![notify_cmd(9, &a)]);
+    // The lease was lost (no term of ours to announce): not announced.
+    assert_eq!(drain(&mut m), vec![]);
     assert_eq!(m.state(&a), Some(RoleState::Follower));
 }
