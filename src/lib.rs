@@ -10,11 +10,16 @@ pub use regent_core::*;
 #[cfg(any(feature = "sqlx", feature = "tokio-postgres"))]
 pub use regent_postgres as postgres;
 
+/// The PostgreSQL backend on sqlx (feature `sqlx`): regent's backend crate
+/// `regent-sqlx`, not sqlx itself — that one is re-exported inside it, as
+/// `regent::sqlx::sqlx`.
 #[cfg(feature = "sqlx")]
 pub use regent_sqlx as sqlx;
 
 /// The PostgreSQL backend on tokio-postgres + deadpool-postgres (feature
-/// `tokio-postgres`).
+/// `tokio-postgres`): regent's crate `regent-tokio-postgres`; the drivers
+/// themselves are `regent::tokio_postgres::{tokio_postgres,
+/// deadpool_postgres}`.
 #[cfg(feature = "tokio-postgres")]
 pub use regent_tokio_postgres as tokio_postgres;
 

@@ -65,6 +65,10 @@ pub use builder::{Mode, SessionSettings, SqlxBackendBuilder};
 pub use driver::{SqlxConn, SqlxDriver, SqlxListener};
 pub use error::SetupError;
 pub use regent_postgres::{FencedError, PgSubscription};
+/// The sqlx this backend is built with, for the statements you run inside
+/// [`SqlxBackend::fenced`] without adding sqlx at a matching version
+/// yourself (`regent::sqlx::sqlx` through the facade).
+pub use sqlx;
 
 /// The regent backend over PostgreSQL through sqlx: implements
 /// [`Lock`](regent_core::Lock), [`Lease`](regent_core::Lease) and

@@ -100,10 +100,18 @@ use regent_postgres::{PgBackend, Settings, TableName};
 use tokio_postgres::Config;
 
 pub use builder::{Mode, SessionSettings, TokioPgBackendBuilder};
+/// The deadpool-postgres this backend is built with (its `Pool` is what
+/// [`TokioPgBackend::pool`] returns).
+pub use deadpool_postgres;
 pub use driver::{TokioPgConn, TokioPgDriver, TokioPgListener};
 pub use error::SetupError;
 pub use fenced::FencedTransaction;
 pub use regent_postgres::{FencedError, PgSubscription};
+/// The tokio-postgres this backend is built with, for the statements you
+/// run inside [`TokioPgBackend::fenced`] without adding it at a matching
+/// version yourself (`regent::tokio_postgres::tokio_postgres` through the
+/// facade).
+pub use tokio_postgres;
 
 use connect::Connector;
 
