@@ -21,20 +21,10 @@ use std::time::{Duration, Instant};
 use regent::sqlx::SqlxBackend;
 use regent::{Backend, CancellationToken, Config, Elector, Namespace, NodeId, Role};
 
-fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(run());
-}
+use common::env;
 
-fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
+fn main() {
+    common::run_on_runtime(run());
 }
 
 #[derive(Default)]

@@ -3,7 +3,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use regent_postgres::{DEFAULT_SCHEMA, DEFAULT_TABLE, Settings, TableName, require};
+use regent_postgres::{InvalidOptions, Options, Settings, require};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 
@@ -33,9 +33,7 @@ pub use regent_postgres::{Mode, SessionSettings};
 /// ```
 #[derive(Debug, Clone)]
 pub struct SqlxBackendBuilder {
-    schema: String,
-    table: String,
-    settings: Settings,
+    options: Options,
     max_pool_connections: u32,
     connect_timeout: Duration,
 }
@@ -43,9 +41,7 @@ pub struct SqlxBackendBuilder {
 impl Default for SqlxBackendBuilder {
     fn default() -> Self {
         Self {
-            schema: DEFAULT_SCHEMA.to_owned(),
-            table: DEFAULT_TABLE.to_owned(),
-            settings: Settings::default(),
+            options: Options::default(),
             max_pool_connections: 4,
             connect_timeout: Duration::from_secs(10),
         }
@@ -76,9 +72,7 @@ impl SqlxBackendBuilder {
     }
 
     fn validate(self) -> Result<(Settings, u32), SetupError> {
-        let mut settings = self.settings;
-        settings.table = TableName::new(&self.schema, &self.table)?;
-        settings.validate()?;
+        let settings = self.options.validate()?;
         if let Some(url) = &settings.listener_url {
             PgConnectOptions::from_str(url.as_str()).map_err(SetupError::Url)?;
         }
@@ -86,12 +80,15 @@ impl SqlxBackendBuilder {
             self.connect_timeout >= Duration::from_millis(1),
             "connect_timeout",
             "must be at least 1 ms",
-        )?;
-        require(
-            self.max_pool_connections >= 1,
-            "max_pool_connections",
-            "must be at least 1",
-        )?;
+        )
+        .and_then(|()| {
+            require(
+                self.max_pool_connections >= 1,
+                "max_pool_connections",
+                "must be at least 1",
+            )
+        })
+        .map_err(InvalidOptions::from)?;
         Ok((settings, self.max_pool_connections))
     }
 

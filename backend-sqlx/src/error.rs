@@ -1,23 +1,16 @@
 //! The error type of building and connecting a backend.
 
-use regent_postgres::{IdentError, OptionError};
+use regent_postgres::InvalidOptions;
 use thiserror::Error;
 
 /// Building, connecting or migrating a [`SqlxBackend`](crate::SqlxBackend)
 /// failed.
 #[derive(Debug, Error)]
 pub enum SetupError {
-    /// A schema or table name is not a plain identifier.
+    /// A table name or an option cannot work; the message names it and
+    /// the rule.
     #[error(transparent)]
-    Identifier(#[from] IdentError),
-    /// An option is out of range.
-    #[error("invalid option `{field}`: {rule}")]
-    Option {
-        /// The builder method / option name.
-        field: &'static str,
-        /// The rule it broke.
-        rule: &'static str,
-    },
+    Invalid(#[from] InvalidOptions),
     /// The connection URL could not be parsed.
     #[error("invalid database URL: {0}; expected postgres://user[:password]@host[:port]/database")]
     Url(#[source] sqlx::Error),
@@ -38,17 +31,10 @@ pub enum SetupError {
     Migrate(#[from] regent_postgres::MigrateError),
 }
 
-impl From<OptionError> for SetupError {
-    fn from(e: OptionError) -> Self {
-        SetupError::Option {
-            field: e.field,
-            rule: e.rule,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use regent_postgres::OptionError;
+
     use super::*;
 
     #[test]
@@ -57,6 +43,9 @@ mod tests {
             field: "statement_timeout",
             rule: "must be at least 1 ms",
         };
-        assert_eq!(SetupError::from(opt).to_string(), opt.to_string());
+        assert_eq!(
+            SetupError::from(InvalidOptions::from(opt)).to_string(),
+            opt.to_string()
+        );
     }
 }

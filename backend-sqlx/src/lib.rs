@@ -58,7 +58,7 @@ mod driver;
 mod error;
 
 use regent_core::Fence;
-use regent_postgres::{PgBackend, Settings, TableName};
+use regent_postgres::{PgBackend, Settings};
 use sqlx::{PgPool, Postgres, Transaction};
 
 pub use builder::{Mode, SessionSettings, SqlxBackendBuilder};
@@ -124,11 +124,6 @@ impl SqlxBackend {
     /// The shared pool (not the lock session).
     pub fn pool(&self) -> &PgPool {
         &self.inner.driver().pool
-    }
-
-    /// The lease table this backend uses.
-    pub fn table(&self) -> &TableName {
-        self.inner.table()
     }
 
     /// Opens a transaction on the pool that commits only while `fence`

@@ -2,7 +2,7 @@
 //! and the TLS connector.
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use regent_postgres::{DEFAULT_SCHEMA, DEFAULT_TABLE, Settings, TableName, require};
+use regent_postgres::{InvalidOptions, Options, Settings, require};
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Config, NoTls, Socket};
 
@@ -34,9 +34,7 @@ pub use regent_postgres::{Mode, SessionSettings};
 /// ```
 #[derive(Debug, Clone)]
 pub struct TokioPgBackendBuilder<T = NoTls> {
-    schema: String,
-    table: String,
-    settings: Settings,
+    options: Options,
     max_pool_connections: usize,
     tls: T,
 }
@@ -44,9 +42,7 @@ pub struct TokioPgBackendBuilder<T = NoTls> {
 impl Default for TokioPgBackendBuilder<NoTls> {
     fn default() -> Self {
         Self {
-            schema: DEFAULT_SCHEMA.to_owned(),
-            table: DEFAULT_TABLE.to_owned(),
-            settings: Settings::default(),
+            options: Options::default(),
             max_pool_connections: 4,
             tls: NoTls,
         }
@@ -68,9 +64,7 @@ impl<T> TokioPgBackendBuilder<T> {
     /// [`TokioPgBackendBuilder::build`] keeps its own TLS setting.
     pub fn tls<U>(self, tls: U) -> TokioPgBackendBuilder<U> {
         TokioPgBackendBuilder {
-            schema: self.schema,
-            table: self.table,
-            settings: self.settings,
+            options: self.options,
             max_pool_connections: self.max_pool_connections,
             tls,
         }
@@ -87,9 +81,7 @@ impl<T> TokioPgBackendBuilder<T> {
     }
 
     fn validate(&self) -> Result<Settings, SetupError> {
-        let mut settings = self.settings.clone();
-        settings.table = TableName::new(&self.schema, &self.table)?;
-        settings.validate()?;
+        let settings = self.options.validate()?;
         if let Some(url) = &settings.listener_url {
             url.as_str().parse::<Config>().map_err(SetupError::Url)?;
         }
@@ -97,7 +89,8 @@ impl<T> TokioPgBackendBuilder<T> {
             self.max_pool_connections >= 1,
             "max_pool_connections",
             "must be at least 1",
-        )?;
+        )
+        .map_err(InvalidOptions::from)?;
         Ok(settings)
     }
 }

@@ -1,24 +1,17 @@
 //! The error type of building and connecting a backend.
 
 use deadpool_postgres::{BuildError, PoolError};
-use regent_postgres::{IdentError, OptionError};
+use regent_postgres::InvalidOptions;
 use thiserror::Error;
 
 /// Building, connecting or migrating a
 /// [`TokioPgBackend`](crate::TokioPgBackend) failed.
 #[derive(Debug, Error)]
 pub enum SetupError {
-    /// A schema or table name is not a plain identifier.
+    /// A table name or an option cannot work; the message names it and
+    /// the rule.
     #[error(transparent)]
-    Identifier(#[from] IdentError),
-    /// An option is out of range.
-    #[error("invalid option `{field}`: {rule}")]
-    Option {
-        /// The builder method / option name.
-        field: &'static str,
-        /// The rule it broke.
-        rule: &'static str,
-    },
+    Invalid(#[from] InvalidOptions),
     /// The connection URL could not be parsed.
     #[error(
         "invalid database URL: {}; expected postgres://user[:password]@host[:port]/database \
@@ -56,13 +49,4 @@ pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
         cause = c.source();
     }
     text
-}
-
-impl From<OptionError> for SetupError {
-    fn from(e: OptionError) -> Self {
-        SetupError::Option {
-            field: e.field,
-            rule: e.rule,
-        }
-    }
 }

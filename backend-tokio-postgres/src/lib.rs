@@ -96,7 +96,7 @@ mod error;
 mod fenced;
 
 use deadpool_postgres::Pool;
-use regent_postgres::{PgBackend, Settings, TableName};
+use regent_postgres::{PgBackend, Settings};
 use tokio_postgres::Config;
 
 pub use builder::{Mode, SessionSettings, TokioPgBackendBuilder};
@@ -175,10 +175,5 @@ impl TokioPgBackend {
     /// The shared pool (not the lock session).
     pub fn pool(&self) -> &Pool {
         &self.inner.driver().pool
-    }
-
-    /// The lease table this backend uses.
-    pub fn table(&self) -> &TableName {
-        self.inner.table()
     }
 }

@@ -77,4 +77,30 @@ pub fn stat_cells(s: &Stats) -> Vec<String> {
     vec![s.n.to_string(), ms(s.p50), ms(s.p90), ms(s.p99), ms(s.max)]
 }
 
+/// The value of environment variable `name`, or `default` when it is unset
+/// or does not parse.
+pub fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs `main` on a two-thread runtime (this machine's cores), printing the
+/// engine's logs on stderr when `RUST_LOG` is set.
+pub fn run_on_runtime<F: std::future::Future>(main: F) -> F::Output {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(main)
+}
+
 pub mod load;

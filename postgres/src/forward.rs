@@ -143,21 +143,20 @@ macro_rules! forward_backend {
 /// `schema`, `table`, `application_name`, `statement_timeout`,
 /// `tcp_keepalives`, `fenced_idle_timeout`, `lease_mode`, `mode`,
 /// `listener_url` and `session_settings` setters
-/// inside an adapter builder's `impl` block. The builder needs fields
-/// `schema: String`, `table: String` and `settings:`
-/// [`Settings`](crate::Settings).
+/// inside an adapter builder's `impl` block. The builder needs a field
+/// `options:` [`Options`](crate::Options).
 #[macro_export]
 macro_rules! settings_setters {
     () => {
         /// Schema of the lease table. Default `public`.
         pub fn schema(mut self, schema: &str) -> Self {
-            schema.clone_into(&mut self.schema);
+            schema.clone_into(&mut self.options.schema);
             self
         }
 
         /// Name of the lease table. Default `regent_leases`.
         pub fn table(mut self, table: &str) -> Self {
-            table.clone_into(&mut self.table);
+            table.clone_into(&mut self.options.table);
             self
         }
 
@@ -166,14 +165,14 @@ macro_rules! settings_setters {
         /// transactions carry `regent:fenced:…` while they run). Default
         /// `regent`.
         pub fn application_name(mut self, name: &str) -> Self {
-            name.clone_into(&mut self.settings.application_name);
+            name.clone_into(&mut self.options.settings.application_name);
             self
         }
 
         /// `statement_timeout` of the lock session. Default 5 s, at least
         /// 1 ms. A call with no reply within this plus 2 s costs the session.
         pub fn statement_timeout(mut self, timeout: ::std::time::Duration) -> Self {
-            self.settings.statement_timeout = timeout;
+            self.options.settings.statement_timeout = timeout;
             self
         }
 
@@ -187,9 +186,9 @@ macro_rules! settings_setters {
             interval: ::std::time::Duration,
             count: u32,
         ) -> Self {
-            self.settings.keepalives_idle = idle;
-            self.settings.keepalives_interval = interval;
-            self.settings.keepalives_count = count;
+            self.options.settings.keepalives_idle = idle;
+            self.options.settings.keepalives_interval = interval;
+            self.options.settings.keepalives_count = count;
             self
         }
 
@@ -199,7 +198,7 @@ macro_rules! settings_setters {
         /// a frozen leader's fenced work that was not deposed. Default 10 s;
         /// at least 1 ms.
         pub fn fenced_idle_timeout(mut self, timeout: ::std::time::Duration) -> Self {
-            self.settings.fenced_idle_timeout = timeout;
+            self.options.settings.fenced_idle_timeout = timeout;
             self
         }
 
@@ -222,21 +221,21 @@ macro_rules! settings_setters {
         /// cannot connect, standbys fall back to polling. Setting it in
         /// session mode is refused when the backend is built.
         pub fn listener_url(mut self, url: &str) -> Self {
-            self.settings.listener_url = Some($crate::ListenerUrl::new(url));
+            self.options.settings.listener_url = Some($crate::ListenerUrl::new(url));
             self
         }
 
         /// Session mode (the default) or lease mode; see
         /// [`Mode`]($crate::Mode).
         pub fn mode(mut self, mode: $crate::Mode) -> Self {
-            self.settings.mode = mode;
+            self.options.settings.mode = mode;
             self
         }
 
         /// How session settings are sent; see
         /// [`SessionSettings`]($crate::SessionSettings).
         pub fn session_settings(mut self, how: $crate::SessionSettings) -> Self {
-            self.settings.session_settings = how;
+            self.options.settings.session_settings = how;
             self
         }
     };

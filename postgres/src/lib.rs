@@ -64,6 +64,9 @@
 //! so the role `"scheduler"` in namespace `"default"` locks
 //! `pg_try_advisory_lock(1837981928, 944745537)`.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
 use std::fmt;
 
 use thiserror::Error;
@@ -118,7 +121,8 @@ pub use rows::{
     renewed_roles, term_from_db, term_to_db, unreadable_row,
 };
 pub use settings::{
-    ListenerUrl, Mode, OptionError, SessionSettings, Settings, require, startup_options,
+    InvalidOptions, ListenerUrl, Mode, OptionError, Options, SessionSettings, Settings, require,
+    startup_options,
 };
 pub use statements::{
     BACKEND_PID, BEGIN, COMMIT, MODE_ALREADY_HELD, MODE_SKIP, MODE_TRY, PREEMPT_NOT_PERMITTED,

@@ -207,20 +207,10 @@ impl<D: Driver> Engine<D> {
                 role,
                 holder,
                 term,
-            } => {
-                let sql = self.sql.expire.clone();
-                let params = [
-                    Param::Text(ns.as_str().to_owned()),
-                    Param::Text(role.as_str().to_owned()),
-                    Param::Text(holder.as_str().to_owned()),
-                    Param::Int8(crate::term_to_db(term)),
-                    self.incarnation_param(),
-                ];
-                self.q(s, &sql, &params)
-                    .await
-                    .map(|_| Out::Unit)
-                    .map_err(|e| self.dml_error(e))
-            }
+            } => self
+                .expire(s, &ns, &role, &holder, term)
+                .await
+                .map(|()| Out::Unit),
         };
         match result {
             // A failed lock statement leaves the locks unknown: the session
@@ -264,26 +254,17 @@ impl<D: Driver> Engine<D> {
             (None, Some((t, prev_until))) => (Some(t), prev_until),
             (None, None) => (None, None),
         };
-        let owned = [
-            Param::Text(ns.as_str().to_owned()),
-            Param::Text(role.as_str().to_owned()),
-            Param::Text(holder.as_str().to_owned()),
-        ];
         if s.held.get(&key) != Some(role) {
             if let Some(term) = term {
-                let sql = self.sql.expire.clone();
-                let mut params = owned.to_vec();
-                params.push(Param::Int8(crate::term_to_db(term)));
-                params.push(self.incarnation_param());
-                self.q(s, &sql, &params)
-                    .await
-                    .map_err(|e| self.dml_error(e))?;
+                self.expire(s, ns, role, holder, term).await?;
             }
             return Ok(false);
         }
         let sql = self.sql.release.clone();
-        let mut params = owned.to_vec();
-        params.extend([
+        let params = [
+            Param::Text(ns.as_str().to_owned()),
+            Param::Text(role.as_str().to_owned()),
+            Param::Text(holder.as_str().to_owned()),
             // `term = NULL` matches no row: nothing is expired.
             Param::OptInt8(term.map(crate::term_to_db)),
             Param::Int4(key.ns),
@@ -291,7 +272,7 @@ impl<D: Driver> Engine<D> {
             Param::Text(crate::notify_channel(ns)),
             Param::OptInt8(floor_us),
             self.incarnation_param(),
-        ]);
+        ];
         let rows = self
             .q(s, &sql, &params)
             .await
@@ -302,6 +283,30 @@ impl<D: Driver> Engine<D> {
             tracing::warn!(%ns, %role, "advisory lock was not held at release");
         }
         Ok(matches!(row.map(|r| r.int("notified")), Some(Ok(1))))
+    }
+
+    /// Ends the lease of `role` now if the row still names this holder,
+    /// incarnation and `term` (DML: a failure leaves the session alone).
+    async fn expire(
+        &self,
+        s: &mut Session<D::Conn>,
+        ns: &Namespace,
+        role: &Role,
+        holder: &NodeId,
+        term: Term,
+    ) -> Result<(), BackendError> {
+        let sql = self.sql.expire.clone();
+        let params = [
+            Param::Text(ns.as_str().to_owned()),
+            Param::Text(role.as_str().to_owned()),
+            Param::Text(holder.as_str().to_owned()),
+            Param::Int8(crate::term_to_db(term)),
+            self.incarnation_param(),
+        ];
+        self.q(s, &sql, &params)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.dml_error(e))
     }
 
     async fn check_table(&self, s: &mut Session<D::Conn>) -> Result<(), BackendError> {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::TableName;
+use crate::{DEFAULT_SCHEMA, DEFAULT_TABLE, IdentError, TableName};
 
 /// How the session's settings (`statement_timeout`, server-side TCP
 /// keepalives) reach the server.
@@ -148,6 +148,53 @@ pub fn require(ok: bool, field: &'static str, rule: &'static str) -> Result<(), 
     } else {
         Err(OptionError { field, rule })
     }
+}
+
+/// What every adapter's builder collects before it connects: where the
+/// lease table is (schema and table, validated only at build time, so a
+/// builder chain never fails half-way) and the [`Settings`]. The shared
+/// builder methods ([`settings_setters!`](crate::settings_setters)) write
+/// here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Schema of the lease table.
+    pub schema: String,
+    /// Name of the lease table.
+    pub table: String,
+    /// Everything else.
+    pub settings: Settings,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            schema: DEFAULT_SCHEMA.to_owned(),
+            table: DEFAULT_TABLE.to_owned(),
+            settings: Settings::default(),
+        }
+    }
+}
+
+impl Options {
+    /// Validates the table name and every option; the settings to build
+    /// a backend with.
+    pub fn validate(&self) -> Result<Settings, InvalidOptions> {
+        let mut settings = self.settings.clone();
+        settings.table = TableName::new(&self.schema, &self.table)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
+/// A builder's options cannot work: which one, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum InvalidOptions {
+    /// A schema or table name is not a plain identifier.
+    #[error(transparent)]
+    Identifier(#[from] IdentError),
+    /// An option is out of range.
+    #[error(transparent)]
+    Option(#[from] OptionError),
 }
 
 impl Settings {
