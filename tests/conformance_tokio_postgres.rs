@@ -182,61 +182,7 @@ impl PgFactory for TpFactory {
     }
 }
 
-/// The engine-neutral kit.
-mod kit {
-    use super::*;
-    regent_conformance::conformance_tests!(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        conformance::Pg::new(TpFactory::new().await).await
-    );
-}
-
-/// The kit in lease mode, directly against PostgreSQL.
-mod kit_lease {
-    use super::*;
-    regent_conformance::conformance_tests!(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        conformance::Pg::new(TpFactory::lease().await).await
-    );
-}
-
-/// The kit in lease mode through PgBouncer, with release listeners
-/// connecting to PostgreSQL directly (`listener_url`): the notification
-/// scenario runs too.
-mod kit_lease_pgbouncer_listening {
-    use super::*;
-    regent_conformance::conformance_tests!(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        conformance::Pg::new(TpFactory::lease_through_pgbouncer_listening_directly().await).await
-    );
-}
-
-/// The PostgreSQL-only scenarios that hold in lease mode, directly ...
-mod pg_lease {
-    use super::*;
-    pg_lease_tests!(TpFactory::lease().await);
-}
-
-/// ... and through PgBouncer in `pool_mode=transaction`.
-mod pg_lease_pgbouncer {
-    use super::*;
-    pg_lease_tests!(TpFactory::lease_through_pgbouncer().await);
-}
-
-/// The kit in lease mode through a real PgBouncer in `pool_mode=transaction`.
-mod kit_lease_pgbouncer {
-    use super::*;
-    regent_conformance::conformance_tests!(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        conformance::Pg::new(TpFactory::lease_through_pgbouncer().await).await
-    );
-}
-
-/// The PostgreSQL-only scenarios.
-mod pg {
-    use super::*;
-    pg_conformance_tests!(TpFactory::new().await);
-}
+all_pg_suites!(TpFactory);
 
 /// This backend's edge: the session's connection future ends the moment
 /// the server terminates the backend, so the leader steps down at once.

@@ -330,3 +330,71 @@ macro_rules! pg_conformance_tests {
         )*
     };
 }
+
+/// Every conformance suite a PostgreSQL driver runs, for its factory type
+/// `$f` (with constructors `new`, `lease`, `lease_through_pgbouncer` and
+/// `lease_through_pgbouncer_listening_directly`): the kit and the
+/// PostgreSQL-only scenarios in session mode, and in lease mode directly,
+/// through PgBouncer in `pool_mode=transaction`, and through it with a
+/// direct release listener. Written once so both drivers run the same list.
+#[macro_export]
+macro_rules! all_pg_suites {
+    ($f:ident) => {
+        /// The engine-neutral kit.
+        mod kit {
+            use super::*;
+            regent_conformance::conformance_tests!(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                conformance::Pg::new($f::new().await).await
+            );
+        }
+
+        /// The PostgreSQL-only scenarios.
+        mod pg {
+            use super::*;
+            pg_conformance_tests!($f::new().await);
+        }
+
+        /// The kit in lease mode, directly against PostgreSQL.
+        mod kit_lease {
+            use super::*;
+            regent_conformance::conformance_tests!(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                conformance::Pg::new($f::lease().await).await
+            );
+        }
+
+        /// The kit in lease mode through PgBouncer, with release listeners
+        /// connecting to PostgreSQL directly (`listener_url`): the
+        /// notification scenario runs too.
+        mod kit_lease_pgbouncer_listening {
+            use super::*;
+            regent_conformance::conformance_tests!(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                conformance::Pg::new($f::lease_through_pgbouncer_listening_directly().await).await
+            );
+        }
+
+        /// The PostgreSQL-only scenarios that hold in lease mode, directly ...
+        mod pg_lease {
+            use super::*;
+            pg_lease_tests!($f::lease().await);
+        }
+
+        /// ... and through PgBouncer in `pool_mode=transaction`.
+        mod pg_lease_pgbouncer {
+            use super::*;
+            pg_lease_tests!($f::lease_through_pgbouncer().await);
+        }
+
+        /// The kit in lease mode through a real PgBouncer in
+        /// `pool_mode=transaction`.
+        mod kit_lease_pgbouncer {
+            use super::*;
+            regent_conformance::conformance_tests!(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                conformance::Pg::new($f::lease_through_pgbouncer().await).await
+            );
+        }
+    };
+}
